@@ -1,0 +1,180 @@
+/**
+ * openNode: the embedding API. It wires a ViewStore to its durable copy (and, later, to peers);
+ * the CLI and the demo use exactly what an embedder uses.
+ */
+import * as encoding from 'lib0/encoding'
+import { hlcTick, ZERO } from '../crdts/hlc.js'
+import { standardError } from '../crdts/hll.js'
+import type { OpContext, Timestamp } from '../crdts/types.js'
+import { StoreError, ViewStore, type StoreLimits, type StoreListener, type View } from './store/viewStore.js'
+import type { ScanPage } from './store/keyIndex.js'
+import type { ViewDefinition } from './store/definition.js'
+import { Storage, type RecoveryReport, type StorageOptions, type StorageStats } from './storage/engine.js'
+import type { StorageAdapter } from './storage/adapter.js'
+import { openLevelAdapter } from './storage/levelAdapter.js'
+import { memoryAdapter } from './storage/memoryAdapter.js'
+
+export interface NodeOptions {
+  /** The replica id: persisted in the data directory, which then refuses any other. */
+  id: string
+  /** LevelDB directory (created if missing). Without it, and without `adapter`, the node keeps no disk. */
+  dataDir?: string
+  /** A storage adapter of the embedder's choosing, instead of `dataDir`. */
+  adapter?: StorageAdapter
+  /** Views to define at start: NAME -> definition, as in a `--views` file. */
+  views?: Record<string, unknown>
+  fsync?: boolean
+  /** Event times (`ts`) further than this in the future are refused. */
+  maxDriftMs?: number
+  storage?: Partial<StorageOptions>
+  limits?: Partial<StoreLimits>
+  /** Wall clock in ms; tests may pass their own. */
+  now?: () => number
+  /** Where log lines go (the CLI passes stderr). */
+  log?: (line: string) => void
+}
+
+export class NodeError extends Error {
+  override readonly name = 'NodeError'
+  constructor(
+    readonly code: 'overload' | 'bad_op' | 'closed',
+    message: string,
+  ) {
+    super(message)
+  }
+}
+
+export interface ViewSummary {
+  name: string
+  type: string
+  def: ViewDefinition
+  keys: number
+}
+
+export interface ReadResult {
+  value: unknown
+  /** Relative standard error, for estimates (hll). */
+  error?: number
+}
+
+export interface SpeedNode {
+  readonly id: string
+  readonly store: ViewStore
+  readonly storage: Storage
+  readonly recovery: RecoveryReport
+  /** Applies an op; resolves with the new value once the write is durable (the acknowledgement). */
+  apply(view: string, key: string, op: unknown): Promise<ReadResult>
+  read(view: string, key: string): ReadResult
+  scan(view: string, opts: { prefix?: string; after?: string; limit?: number }): ScanPage<unknown>
+  defineView(name: string, def: unknown): Promise<'created' | 'exists'>
+  views(): ViewSummary[]
+  subscribe(listener: StoreListener): () => void
+  stats(): NodeStats
+  /** Flushes what is queued and closes the storage. Idempotent. */
+  close(): Promise<void>
+}
+
+export interface NodeStats {
+  writes: number
+  storage: StorageStats
+  keys: number
+  views: number
+  droppedByRedefinition: number
+}
+
+export async function openNode(options: NodeOptions): Promise<SpeedNode> {
+  const now = options.now ?? Date.now
+  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`))
+  const maxDrift = options.maxDriftMs ?? 60_000
+  const store = new ViewStore(options.limits)
+  const adapter = options.adapter ?? (options.dataDir !== undefined ? await openLevelAdapter(options.dataDir) : memoryAdapter())
+  const storage = new Storage(adapter, store, { ...options.storage, fsync: options.fsync ?? options.storage?.fsync ?? false })
+  let recovery: RecoveryReport
+  try {
+    await storage.claimReplica(options.id)
+    recovery = await storage.recover(log)
+  } catch (err) {
+    await adapter.close().catch(() => {})
+    throw err
+  }
+
+  let clock: Timestamp = ZERO
+  const tick = (): OpContext => {
+    clock = hlcTick(clock, now())
+    return { replica: options.id, time: clock }
+  }
+  const saveCatalog = () => {
+    const saved = store.savedCatalog()
+    const enc = encoding.createEncoder()
+    store.catalogType.encode(enc, saved.state)
+    return storage.saveCatalog({ state: encoding.toUint8Array(enc), numbers: saved.numbers, nextNo: saved.nextNo })
+  }
+  store.subscribe((ev) => {
+    if (ev.kind !== 'define') return
+    void saveCatalog().catch(() => {})
+    if (ev.replaced) storage.dropView(ev.replaced.no)
+  })
+
+  let writes = 0
+  let closing: Promise<void> | null = null
+
+  const readResult = (view: View, value: unknown): ReadResult =>
+    view.def.type === 'hll' ? { value, error: standardError(14) } : { value }
+
+  const node: SpeedNode = {
+    id: options.id,
+    store,
+    storage,
+    recovery,
+    async apply(viewName, key, op) {
+      if (closing) throw new NodeError('closed', 'the node is shutting down')
+      if (storage.overloaded()) throw new NodeError('overload', 'the write queue is full; retry shortly')
+      const ts = (op as { ts?: unknown } | null)?.ts
+      if (typeof ts === 'number' && ts > now() + maxDrift) {
+        throw new StoreError('bad_op', `"ts" ${ts} is more than ${maxDrift} ms ahead of this node's clock (--max-drift)`)
+      }
+      const { view, delta, value } = store.apply(viewName, key, op, tick())
+      await storage.append(view, key, delta)
+      writes++
+      return readResult(view, value)
+    },
+    read(viewName, key) {
+      const view = store.view(viewName)
+      return readResult(view, store.read(viewName, key))
+    },
+    scan(viewName, opts) {
+      return store.scan(viewName, { prefix: opts.prefix, after: opts.after, limit: opts.limit ?? 100 })
+    },
+    async defineView(name, def) {
+      if (closing) throw new NodeError('closed', 'the node is shutting down')
+      const { result } = store.define(name, def, tick())
+      if (result === 'created') await saveCatalog()
+      return result
+    },
+    views() {
+      return store.views().map((v) => ({ name: v.name, type: v.def.type, def: v.def, keys: v.states.size }))
+    },
+    subscribe: (listener) => store.subscribe(listener),
+    stats() {
+      return {
+        writes,
+        storage: storage.getStats(),
+        keys: store.keyCount(),
+        views: store.views().length,
+        droppedByRedefinition: store.droppedByRedefinition,
+      }
+    },
+    close() {
+      closing ??= storage.close()
+      return closing
+    },
+  }
+
+  try {
+    for (const [name, def] of Object.entries(options.views ?? {})) await node.defineView(name, def)
+  } catch (err) {
+    await node.close()
+    throw err
+  }
+  return node
+}

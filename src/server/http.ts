@@ -1,0 +1,284 @@
+/**
+ * The HTTP API of CONTRACT.md over node:http. Every failure answers the contract's JSON error
+ * and changes nothing; nothing a client sends can crash the process.
+ */
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { SpeedNode } from '../node.js'
+import { NodeError } from '../node.js'
+import { StoreError } from '../store/viewStore.js'
+import { checkName } from '../store/definition.js'
+import { StorageError } from '../storage/adapter.js'
+import { createMetrics, type ServerMetrics } from './metrics.js'
+import { dashboardPage } from './dashboard.js'
+
+export interface ServerOptions {
+  host: string
+  port: number
+  /** Largest accepted request body in bytes. */
+  maxBody: number
+  token?: string
+  tokenReads?: boolean
+  log?: (line: string) => void
+}
+
+export interface SpeedServer {
+  readonly url: string
+  readonly http: http.Server
+  readonly metrics: ServerMetrics
+  close(): Promise<void>
+}
+
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message)
+  }
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true })
+
+function send(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), ...headers })
+  res.end(text)
+}
+
+function sendError(res: http.ServerResponse, err: HttpError): void {
+  send(res, err.status, { error: { code: err.code, message: err.message } }, err.headers)
+}
+
+/** Maps what the layers below throw onto the contract's statuses. */
+export function toHttpError(err: unknown): HttpError {
+  if (err instanceof HttpError) return err
+  if (err instanceof StoreError) {
+    const status = err.code === 'unknown_view' ? 404 : err.code === 'conflict' ? 409 : 400
+    return new HttpError(status, err.code, err.message)
+  }
+  if (err instanceof NodeError) {
+    if (err.code === 'bad_op') return new HttpError(400, 'bad_op', err.message)
+    return new HttpError(503, err.code, err.message, { 'retry-after': '1' })
+  }
+  if (err instanceof StorageError) return new HttpError(503, 'storage', err.message, { 'retry-after': '5' })
+  return new HttpError(500, 'internal', err instanceof Error ? err.message : String(err))
+}
+
+/**
+ * Reads the whole body up to `max` bytes. A larger body is drained (so the client gets the 413
+ * as an answer rather than a reset) and refused.
+ */
+export function readBody(req: http.IncomingMessage, max: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    let size = 0
+    let tooLarge = false
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length
+      if (size > max) tooLarge = true
+      if (!tooLarge) chunks.push(chunk)
+    })
+    req.on('end', () => {
+      if (tooLarge) reject(new HttpError(413, 'too_large', `the body is larger than --max-body (${max} bytes)`))
+      else resolve(Buffer.concat(chunks, size))
+    })
+    req.on('error', reject)
+  })
+}
+
+export function parseJsonBody(buf: Buffer): unknown {
+  let text: string
+  try {
+    text = utf8.decode(buf)
+  } catch {
+    throw new HttpError(400, 'bad_body', 'the body is not valid UTF-8')
+  }
+  try {
+    return JSON.parse(text) as unknown
+  } catch (err) {
+    throw new HttpError(400, 'bad_json', `the body is not valid JSON: ${(err as Error).message}`)
+  }
+}
+
+/** Splits the raw path and percent-decodes each segment; `.`/`..`/bad escapes are the caller's 400. */
+function pathSegments(rawPath: string): string[] {
+  const parts = rawPath.split('/').slice(1)
+  return parts.map((p) => {
+    try {
+      return decodeURIComponent(p)
+    } catch {
+      throw new HttpError(400, 'bad_path', `path segment "${p}" has a malformed percent escape or invalid UTF-8`)
+    }
+  })
+}
+
+function parseLimit(raw: string | null): number {
+  if (raw === null) return 100
+  if (!/^[0-9]{1,4}$/.test(raw)) throw new HttpError(400, 'bad_param', `limit must be an integer from 1 to 1000, got "${raw}"`)
+  const n = Number(raw)
+  if (n < 1 || n > 1000) throw new HttpError(400, 'bad_param', `limit must be an integer from 1 to 1000, got ${n}`)
+  return n
+}
+
+interface Ctx {
+  req: http.IncomingMessage
+  res: http.ServerResponse
+  segs: string[]
+  query: URLSearchParams
+  route: string
+}
+
+export function startServer(node: SpeedNode, opts: ServerOptions): Promise<SpeedServer> {
+  const metrics = createMetrics(node)
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`))
+
+  const authorize = (ctx: Ctx, write: boolean) => {
+    if (opts.token === undefined || (!write && !opts.tokenReads)) return
+    const h = ctx.req.headers.authorization
+    const given = h?.startsWith('Bearer ') ? h.slice(7) : ctx.query.get('token')
+    if (given !== opts.token) throw new HttpError(401, 'unauthorized', 'this route needs "Authorization: Bearer TOKEN" (the node runs with --token)', { 'www-authenticate': 'Bearer' })
+  }
+
+  const methodNotAllowed = (allow: string) => new HttpError(405, 'method_not_allowed', `use ${allow} on this route`, { allow })
+
+  async function handle(ctx: Ctx): Promise<void> {
+    const { req, res, segs, query } = ctx
+    const method = req.method ?? 'GET'
+    const [first, a, b, ...rest] = segs
+    switch (first) {
+      case 'health': {
+        ctx.route = '/health'
+        if (segs.length !== 1) break
+        if (method !== 'GET') throw methodNotAllowed('GET')
+        return send(res, 200, { ok: true, replica: node.id })
+      }
+      case 'metrics': {
+        ctx.route = '/metrics'
+        if (segs.length !== 1) break
+        if (method !== 'GET') throw methodNotAllowed('GET')
+        authorize(ctx, false)
+        const text = await metrics.registry.metrics()
+        res.writeHead(200, { 'content-type': metrics.registry.contentType })
+        res.end(text)
+        return
+      }
+      case 'views': {
+        if (a === undefined || (a === '' && segs.length === 2)) {
+          ctx.route = '/views'
+          if (method !== 'GET') throw methodNotAllowed('GET')
+          authorize(ctx, false)
+          return send(res, 200, node.views().map((v) => ({ name: v.name, ...v.def })))
+        }
+        if (rest.length > 0) break
+        const badView = checkName(a, 'the view name')
+        if (badView) throw new HttpError(400, 'bad_key', badView)
+        if (b !== undefined) {
+          const badKey = checkName(b, 'the key')
+          if (badKey) throw new HttpError(400, 'bad_key', badKey)
+        }
+        if (b === undefined) {
+          ctx.route = '/views/:view'
+          if (method === 'PUT') {
+            authorize(ctx, true)
+            const def = parseJsonBody(await readBody(req, opts.maxBody))
+            const result = await node.defineView(a, def)
+            const view = node.views().find((v) => v.name === a)
+            return send(res, result === 'created' ? 201 : 200, { name: a, ...view?.def })
+          }
+          if (method !== 'GET') throw methodNotAllowed('GET, PUT')
+          authorize(ctx, false)
+          const prefix = query.get('prefix') ?? undefined
+          const after = query.get('after') ?? undefined
+          const page = node.scan(a, { prefix, after, limit: parseLimit(query.get('limit')) })
+          return send(res, 200, page)
+        }
+        ctx.route = '/views/:view/:key'
+        if (method === 'POST') {
+          authorize(ctx, true)
+          const t0 = performance.now()
+          const op = parseJsonBody(await readBody(req, opts.maxBody))
+          const result = await node.apply(a, b, op)
+          metrics.writeAck((performance.now() - t0) / 1000)
+          return send(res, 200, result)
+        }
+        if (method !== 'GET') throw methodNotAllowed('GET, POST')
+        authorize(ctx, false)
+        return send(res, 200, node.read(a, b))
+      }
+      default: {
+        if (method === 'GET' && !isApiRoot(first)) {
+          ctx.route = 'dashboard'
+          const page = dashboardPage(node)
+          res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(page) })
+          res.end(page)
+          return
+        }
+      }
+    }
+    throw new HttpError(404, 'not_found', `no route ${method} ${req.url?.split('?')[0]}; see GET /views, GET /health`)
+  }
+
+  const server = http.createServer((req, res) => {
+    const t0 = performance.now()
+    const rawUrl = req.url ?? '/'
+    const q = rawUrl.indexOf('?')
+    const ctx: Ctx = { req, res, segs: [], query: new URLSearchParams(q >= 0 ? rawUrl.slice(q + 1) : ''), route: 'unknown' }
+    const done = () => metrics.request(ctx.route, req.method ?? 'GET', res.statusCode, (performance.now() - t0) / 1000)
+    res.on('finish', done)
+    Promise.resolve()
+      .then(() => {
+        ctx.segs = pathSegments(q >= 0 ? rawUrl.slice(0, q) : rawUrl)
+        return handle(ctx)
+      })
+      .catch((err: unknown) => {
+        const e = toHttpError(err)
+        if (e.status >= 500 && e.status !== 503) log(`error: ${req.method} ${rawUrl}: ${e.message}`)
+        if (res.headersSent) {
+          res.destroy()
+          return
+        }
+        // An unread body would be taken for the next request on this connection: drain it first.
+        if (!req.complete) {
+          req.resume()
+          req.once('end', () => sendError(res, e))
+          req.once('error', () => res.destroy())
+        } else {
+          sendError(res, e)
+        }
+      })
+  })
+  server.on('clientError', (_err, socket) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
+    else socket.destroy()
+  })
+  // Lets a shutdown finish promptly instead of waiting for idle keep-alive connections.
+  server.keepAliveTimeout = 5_000
+
+  return new Promise((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(opts.port, opts.host, () => {
+      server.off('error', reject)
+      const addr = server.address() as AddressInfo
+      const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host
+      resolve({
+        url: `http://${host}:${addr.port}`,
+        http: server,
+        metrics,
+        close: () =>
+          new Promise<void>((res) => {
+            server.close(() => res())
+            server.closeIdleConnections()
+          }),
+      })
+    })
+  })
+}
+
+const API_ROOTS = new Set(['health', 'metrics', 'views', 'ingest', 'query', 'batch', 'peers', 'yjs', 'peer'])
+
+function isApiRoot(first: string | undefined): boolean {
+  return first !== undefined && API_ROOTS.has(first)
+}

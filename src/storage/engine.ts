@@ -1,0 +1,422 @@
+/**
+ * The durable copy of a ViewStore: a delta log written by group commit, per-key snapshots,
+ * online compaction in slices, and recovery (snapshots, then the log replayed over them).
+ *
+ * Why recovery can replay the whole log over the snapshots without tracking which deltas a
+ * snapshot already holds: joins are idempotent, so a delta joined twice is joined once. That
+ * leaves one ordering rule: a snapshot is written through the same queue as the log, after every
+ * log record that holds a write it includes, and log records are deleted only once the snapshots
+ * that fold them in are written.
+ */
+import * as encoding from 'lib0/encoding'
+import * as decoding from 'lib0/decoding'
+import type { ViewStore, View } from '../store/viewStore.js'
+import { StorageError, type StorageAdapter, type WriteOp } from './adapter.js'
+import {
+  LOG_RANGE,
+  SNAPSHOT_RANGE,
+  decodeCatalog,
+  decodeLogRecord,
+  encodeCatalog,
+  encodeLogRecord,
+  logKey,
+  logPosition,
+  logRangeThrough,
+  metaKey,
+  parseSnapshotKey,
+  seal,
+  snapshotKey,
+  unseal,
+  viewSnapshotRange,
+  type LogEntry,
+  type SavedCatalog,
+} from './layout.js'
+
+export interface StorageOptions {
+  /** Sync every batch to stable storage (survives a machine crash, not just a process crash). */
+  fsync: boolean
+  /** Bytes waiting to be written (queued and in flight) past which writers are told to back off. */
+  maxPendingBytes: number
+  /** Compaction starts once the log holds this many bytes... */
+  compactMinLogBytes: number
+  /** ...and at least this fraction of the estimated live bytes. */
+  compactLogRatio: number
+  /** Keys per compaction slice: one LevelDB batch, then the event loop gets a turn. */
+  compactSliceKeys: number
+}
+
+export const DEFAULT_STORAGE_OPTIONS: StorageOptions = {
+  fsync: false,
+  maxPendingBytes: 64 * 1024 * 1024,
+  compactMinLogBytes: 1024 * 1024,
+  compactLogRatio: 0.5,
+  compactSliceKeys: 512,
+}
+
+export interface RecoveryReport {
+  snapshots: number
+  records: number
+  deltas: number
+  /** A torn or corrupt record at the very end of the log, reported and skipped. */
+  tornTail: number | null
+  ms: number
+}
+
+export interface StorageStats {
+  logRecords: number
+  logBytes: number
+  batches: number
+  compactions: number
+  compacting: boolean
+  snapshotWrites: number
+  liveBytesEstimate: number
+  pendingBytes: number
+  lastCompactionMs: number
+}
+
+interface Batch {
+  entries: LogEntry[]
+  raw: WriteOp[]
+  bytes: number
+  done: Promise<void>
+  resolve: () => void
+  reject: (err: Error) => void
+}
+
+function newBatch(): Batch {
+  let resolve!: () => void
+  let reject!: (err: Error) => void
+  const done = new Promise<void>((res, rej) => {
+    resolve = res
+    reject = rej
+  })
+  // A failed batch is reported to each writer that awaits it; an unawaited one must not crash.
+  done.catch(() => {})
+  return { entries: [], raw: [], bytes: 0, done, resolve, reject }
+}
+
+const REPLICA = metaKey('replica')
+const CATALOG = metaKey('catalog')
+const utf8 = new TextEncoder()
+const utf8d = new TextDecoder()
+
+export class Storage {
+  readonly options: StorageOptions
+  private pending = newBatch()
+  private inFlightBytes = 0
+  private flushing = false
+  private scheduled = false
+  private position = 0
+  private dirty = new Map<number, Set<string>>()
+  private dirtyCount = 0
+  private compactingNow: Promise<void> | null = null
+  private failed: Error | null = null
+  private closed = false
+  private logBytesSinceCompaction = 0
+  private readonly stats: StorageStats = {
+    logRecords: 0,
+    logBytes: 0,
+    batches: 0,
+    compactions: 0,
+    compacting: false,
+    snapshotWrites: 0,
+    liveBytesEstimate: 0,
+    pendingBytes: 0,
+    lastCompactionMs: 0,
+  }
+
+  constructor(
+    readonly adapter: StorageAdapter,
+    private readonly store: ViewStore,
+    options: Partial<StorageOptions> = {},
+  ) {
+    this.options = { ...DEFAULT_STORAGE_OPTIONS, ...options }
+  }
+
+  /** Checks (or records, on first start) which replica this directory belongs to. */
+  async claimReplica(id: string): Promise<void> {
+    const saved = await this.adapter.get(REPLICA)
+    if (saved === undefined) {
+      await this.adapter.write([{ type: 'put', key: REPLICA, value: utf8.encode(id) }], { sync: true })
+      return
+    }
+    const owner = utf8d.decode(saved)
+    if (owner !== id) {
+      throw new StorageError('replica_mismatch', `this data directory belongs to replica "${owner}"; start with --id ${owner} or use another --data`)
+    }
+  }
+
+  /** Loads the catalog, the snapshots and then the log into the store. */
+  async recover(warn: (msg: string) => void): Promise<RecoveryReport> {
+    const t0 = performance.now()
+    const report: RecoveryReport = { snapshots: 0, records: 0, deltas: 0, tornTail: null, ms: 0 }
+    const cat = await this.adapter.get(CATALOG)
+    if (cat !== undefined) {
+      let saved: SavedCatalog
+      try {
+        saved = decodeCatalog(cat)
+      } catch (err) {
+        throw new StorageError('corrupt', `the saved catalog is corrupt (${(err as Error).message}); the data directory cannot be trusted`)
+      }
+      const state = this.store.catalogType.decode(decoding.createDecoder(saved.state))
+      this.store.loadCatalog(state, saved.numbers, saved.nextNo)
+    }
+
+    const staleViews = new Set<number>()
+    let liveBytes = 0
+    for await (const chunk of this.adapter.scan(SNAPSHOT_RANGE)) {
+      for (const [k, v] of chunk) {
+        const { viewNo, key } = parseSnapshotKey(k)
+        const view = this.store.viewByNo(viewNo)
+        if (!view) {
+          staleViews.add(viewNo)
+          continue
+        }
+        let state: unknown
+        try {
+          state = view.type.decode(decoding.createDecoder(unseal(v)))
+        } catch (err) {
+          throw new StorageError('corrupt', `snapshot of ${view.name}/${key} is corrupt (${(err as Error).message})`)
+        }
+        this.store.load(view, key, state)
+        liveBytes += k.length + v.length
+        report.snapshots++
+      }
+    }
+
+    // The log: every record must verify, except possibly the last (a write torn by a crash).
+    let last: { position: number; error: Error } | null = null
+    for await (const chunk of this.adapter.scan(LOG_RANGE)) {
+      for (const [k, v] of chunk) {
+        const position = logPosition(k)
+        if (last) throw new StorageError('corrupt', `log record ${last.position} is corrupt (${last.error.message}) and is not the last; the data directory cannot be trusted`)
+        this.position = position
+        let entries: LogEntry[]
+        try {
+          entries = decodeLogRecord(v)
+        } catch (err) {
+          last = { position, error: err as Error }
+          continue
+        }
+        report.records++
+        this.stats.logRecords++
+        this.stats.logBytes += v.length
+        this.logBytesSinceCompaction += v.length
+        for (const e of entries) {
+          const view = this.store.viewByNo(e.viewNo)
+          if (!view) continue
+          let delta: unknown
+          try {
+            delta = view.type.decode(decoding.createDecoder(e.delta))
+          } catch (err) {
+            throw new StorageError('corrupt', `log record ${position} holds a corrupt delta for ${view.name}/${e.key} (${(err as Error).message})`)
+          }
+          this.store.merge(view, e.key, delta)
+          this.markDirty(view.no, e.key)
+          report.deltas++
+        }
+      }
+    }
+    if (last) {
+      report.tornTail = last.position
+      warn(`log record ${last.position} at the end of the log is torn or corrupt (${last.error.message}); it was never acknowledged, skipping it`)
+      await this.adapter.write([{ type: 'del', key: logKey(last.position) }], { sync: true })
+    }
+    for (const no of staleViews) await this.adapter.clear(viewSnapshotRange(no))
+    this.stats.liveBytesEstimate = liveBytes
+    report.ms = performance.now() - t0
+    return report
+  }
+
+  /** True when writers should be told to come back later (503) instead of queueing more. */
+  overloaded(): boolean {
+    return this.failed !== null || this.inFlightBytes + this.pending.bytes > this.options.maxPendingBytes
+  }
+
+  /** Queues a delta for the next group commit; resolves once it is durable. */
+  append(view: View, key: string, delta: unknown): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed)
+    if (this.closed) return Promise.reject(new StorageError('closed', 'the node is shutting down'))
+    const enc = encoding.createEncoder()
+    view.type.encode(enc, delta)
+    const bytes = encoding.toUint8Array(enc)
+    const b = this.pending
+    b.entries.push({ viewNo: view.no, key, delta: bytes })
+    b.bytes += bytes.length + key.length + 8
+    this.markDirty(view.no, key)
+    this.schedule()
+    return b.done
+  }
+
+  /** Saves the catalog with the next group commit. */
+  saveCatalog(saved: SavedCatalog): Promise<void> {
+    return this.enqueueRaw([{ type: 'put', key: CATALOG, value: encodeCatalog(saved) }])
+  }
+
+  /** Forgets every snapshot of a view number whose definition was replaced. */
+  dropView(viewNo: number): void {
+    this.dirty.delete(viewNo)
+    void this.afterFlush().then(() => this.adapter.clear(viewSnapshotRange(viewNo)))
+  }
+
+  private enqueueRaw(ops: WriteOp[]): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed)
+    const b = this.pending
+    for (const op of ops) {
+      b.raw.push(op)
+      b.bytes += op.key.length + (op.type === 'put' ? op.value.length : 0)
+    }
+    this.schedule()
+    return b.done
+  }
+
+  private afterFlush(): Promise<void> {
+    return this.enqueueRaw([])
+  }
+
+  private markDirty(viewNo: number, key: string): void {
+    let keys = this.dirty.get(viewNo)
+    if (!keys) this.dirty.set(viewNo, (keys = new Set()))
+    const before = keys.size
+    keys.add(key)
+    this.dirtyCount += keys.size - before
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.flushing) return
+    this.scheduled = true
+    setImmediate(() => void this.flush())
+  }
+
+  private async flush(): Promise<void> {
+    this.scheduled = false
+    const b = this.pending
+    if (b.entries.length === 0 && b.raw.length === 0) {
+      b.resolve()
+      this.pending = newBatch()
+      return
+    }
+    this.pending = newBatch()
+    this.flushing = true
+    this.inFlightBytes = b.bytes
+    const ops: WriteOp[] = []
+    let recordBytes = 0
+    if (b.entries.length > 0) {
+      const record = encodeLogRecord(b.entries)
+      recordBytes = record.length
+      ops.push({ type: 'put', key: logKey(++this.position), value: record })
+    }
+    for (const op of b.raw) ops.push(op)
+    try {
+      await this.adapter.write(ops, { sync: this.options.fsync })
+      this.stats.batches++
+      if (recordBytes > 0) {
+        this.stats.logRecords++
+        this.stats.logBytes += recordBytes
+        this.logBytesSinceCompaction += recordBytes
+      }
+      b.resolve()
+    } catch (err) {
+      // Memory already holds these writes and the disk does not: the node can no longer promise
+      // durability, so every later write is refused until it restarts and recovers from disk.
+      this.failed = new StorageError('io', `a write to disk failed (${(err as Error).message}); restart the node`)
+      b.reject(this.failed)
+    } finally {
+      this.flushing = false
+      this.inFlightBytes = 0
+    }
+    if (this.pending.entries.length > 0 || this.pending.raw.length > 0) this.schedule()
+    this.maybeCompact()
+  }
+
+  private maybeCompact(): void {
+    if (this.compactingNow || this.closed || this.failed) return
+    const threshold = Math.max(this.options.compactMinLogBytes, this.options.compactLogRatio * this.stats.liveBytesEstimate)
+    if (this.logBytesSinceCompaction >= threshold) void this.compact()
+  }
+
+  /** Folds the log into snapshots, in slices, then deletes the folded records. Runs in the background. */
+  compact(): Promise<void> {
+    this.compactingNow ??= this.runCompaction().finally(() => {
+      this.compactingNow = null
+    })
+    return this.compactingNow
+  }
+
+  private async runCompaction(): Promise<void> {
+    const t0 = performance.now()
+    this.stats.compacting = true
+    try {
+      // Everything applied so far is in a record up to the one the pending batch will get.
+      await this.afterFlush()
+      const through = this.position
+      const dirty = this.dirty
+      this.dirty = new Map()
+      this.dirtyCount = 0
+      this.logBytesSinceCompaction = 0
+      let slice: WriteOp[] = []
+      let sampledBytes = 0
+      let sampledKeys = 0
+      for (const [viewNo, keys] of dirty) {
+        const view = this.store.viewByNo(viewNo)
+        if (!view) continue
+        for (const key of keys) {
+          if (this.closed) return
+          const state = this.store.state(view, key)
+          const k = snapshotKey(viewNo, key)
+          if (state === undefined) {
+            slice.push({ type: 'del', key: k })
+          } else {
+            const enc = encoding.createEncoder()
+            view.type.encode(enc, state)
+            const value = seal(encoding.toUint8Array(enc))
+            slice.push({ type: 'put', key: k, value })
+            sampledBytes += k.length + value.length
+            sampledKeys++
+          }
+          if (slice.length >= this.options.compactSliceKeys) {
+            await this.enqueueRaw(slice)
+            slice = []
+            this.stats.snapshotWrites += this.options.compactSliceKeys
+            await new Promise<void>((r) => setImmediate(r))
+          }
+        }
+      }
+      if (slice.length > 0) {
+        this.stats.snapshotWrites += slice.length
+        await this.enqueueRaw(slice)
+      }
+      if (through > 0) {
+        await this.adapter.clear(logRangeThrough(through))
+        await this.adapter.compact(logRangeThrough(through))
+      }
+      if (sampledKeys > 0) this.stats.liveBytesEstimate = (sampledBytes / sampledKeys) * this.store.keyCount()
+      this.stats.compactions++
+      // Overwritten snapshots linger in LevelDB's older levels; rewrite the region now and then.
+      if (this.stats.compactions % 4 === 0) await this.adapter.compact(SNAPSHOT_RANGE)
+    } catch (err) {
+      if (!this.closed) this.failed ??= new StorageError('io', `compaction failed (${(err as Error).message}); restart the node`)
+    } finally {
+      this.stats.compacting = false
+      this.stats.lastCompactionMs = performance.now() - t0
+    }
+  }
+
+  getStats(): StorageStats {
+    return { ...this.stats, pendingBytes: this.inFlightBytes + this.pending.bytes }
+  }
+
+  async diskBytes(): Promise<number> {
+    return this.adapter.diskBytes()
+  }
+
+  /** Writes what is queued, waits for a running compaction slice, and closes the adapter. */
+  async close(): Promise<void> {
+    if (this.closed) return
+    await this.afterFlush().catch(() => {})
+    this.closed = true
+    await this.compactingNow?.catch(() => {})
+    while (this.flushing) await new Promise<void>((r) => setImmediate(r))
+    await this.adapter.close()
+  }
+}

@@ -1,0 +1,84 @@
+/**
+ * The LevelDB adapter. classic-level is what the `level` package runs on Node; we use it directly
+ * for compactRange, which `level`'s browser-neutral types leave out.
+ */
+import { ClassicLevel } from 'classic-level'
+import { readdir, stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import { StorageError, type KeyRange, type StorageAdapter, type WriteOp } from './adapter.js'
+
+export interface LevelAdapterOptions {
+  /** LevelDB's memtable (and its own write-ahead file) size; smaller keeps the disk floor low. */
+  writeBufferSize?: number
+}
+
+type Db = ClassicLevel<Uint8Array, Uint8Array>
+
+export async function openLevelAdapter(dir: string, opts: LevelAdapterOptions = {}): Promise<StorageAdapter> {
+  const db: Db = new ClassicLevel<Uint8Array, Uint8Array>(dir, { keyEncoding: 'view', valueEncoding: 'view' })
+  try {
+    await db.open({ createIfMissing: true, writeBufferSize: opts.writeBufferSize ?? 2 * 1024 * 1024 })
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string; message?: string } }).cause
+    if (cause?.code === 'LEVEL_LOCKED' || /lock/i.test(cause?.message ?? '')) {
+      throw new StorageError('locked', `data directory ${dir} is in use by another process; stop it or pass another --data`)
+    }
+    throw new StorageError('io', `cannot open data directory ${dir}: ${cause?.message ?? (err as Error).message}`)
+  }
+  return levelAdapter(db, dir)
+}
+
+function levelAdapter(db: Db, dir: string): StorageAdapter {
+  return {
+    async get(key) {
+      const v = await db.get(key)
+      return v === undefined ? undefined : toView(v)
+    },
+    async write(ops: WriteOp[], { sync }) {
+      if (ops.length === 0) return
+      await db.batch(ops, { sync })
+    },
+    async *scan(range: KeyRange, opts = {}) {
+      const it = db.iterator({ gte: range.gte, lt: range.lt, reverse: opts.reverse ?? false, limit: opts.limit ?? -1 })
+      try {
+        for (;;) {
+          const chunk = await it.nextv(1000)
+          if (chunk.length === 0) return
+          yield chunk.map(([k, v]) => [toView(k), toView(v)] as [Uint8Array, Uint8Array])
+        }
+      } finally {
+        await it.close()
+      }
+    },
+    async clear(range) {
+      await db.clear({ gte: range.gte, lt: range.lt })
+    },
+    async compact(range) {
+      await db.compactRange(range.gte, range.lt)
+    },
+    async diskBytes() {
+      return dirBytes(dir)
+    },
+    async close() {
+      await db.close()
+    },
+  }
+}
+
+function toView(x: Uint8Array): Uint8Array {
+  // classic-level hands out Buffers; callers only need the Uint8Array view of them.
+  return x
+}
+
+export async function dirBytes(dir: string): Promise<number> {
+  let total = 0
+  for (const name of await readdir(dir)) {
+    try {
+      const s = await stat(join(dir, name))
+      if (s.isFile()) total += s.size
+    } catch {
+      // a file LevelDB deleted between readdir and stat
+    }
+  }
+  return total
+}

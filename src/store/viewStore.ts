@@ -1,0 +1,261 @@
+/**
+ * The ViewStore: the catalog of views and, per view, its keyed CRDT states in memory, in an
+ * ordered index. It is pure bookkeeping over crdts/: no disk, no network, no clock. The node
+ * wires it to storage (durability) and replication; the store only says what changed.
+ *
+ * The catalog is itself a CRDT (an LWW map of view name -> definition) so definitions replicate
+ * like values, and two definitions of one view made on two sides of a partition resolve to the
+ * same winner everywhere (the highest stamp).
+ */
+import { crdtTypes, lwwmap, type AnyCrdtType, type OpContext } from '../../crdts/index.js'
+import { CrdtOpError } from '../../crdts/types.js'
+import type { LWWMapState } from '../../crdts/lwwmap.js'
+import { KeyIndex, type ScanPage } from './keyIndex.js'
+import { canonicalJson, checkName, parseDefinition, type ViewDefinition } from './definition.js'
+
+export type StoreErrorCode = 'unknown_view' | 'bad_op' | 'bad_key' | 'conflict' | 'bad_definition' | 'limit'
+
+export class StoreError extends Error {
+  override readonly name = 'StoreError'
+  constructor(
+    readonly code: StoreErrorCode,
+    message: string,
+  ) {
+    super(message)
+  }
+}
+
+export interface StoreLimits {
+  maxViews: number
+  /** Elements of one op: array items, or fields of a set. */
+  maxOpElements: number
+}
+
+export const DEFAULT_STORE_LIMITS: StoreLimits = { maxViews: 1000, maxOpElements: 10_000 }
+
+export interface View {
+  readonly name: string
+  readonly def: ViewDefinition
+  /** Canonical JSON of `def`. */
+  readonly defJson: string
+  readonly type: AnyCrdtType
+  /** A local number for this (view, definition): storage keys use it; a new definition gets a new one. */
+  readonly no: number
+  readonly states: KeyIndex<unknown>
+}
+
+export type StoreEvent =
+  | { kind: 'value'; view: View; key: string; delta: unknown; local: boolean }
+  | { kind: 'define'; view: View; replaced: View | null; dropped: number }
+
+export type StoreListener = (event: StoreEvent) => void
+
+export class ViewStore {
+  readonly limits: StoreLimits
+  private catalogState: LWWMapState = lwwmap.empty()
+  private readonly byName = new Map<string, View>()
+  private readonly byNo = new Map<number, View>()
+  private nextNo = 1
+  private readonly savedNumbers = new Map<string, number>()
+  private readonly listeners = new Set<StoreListener>()
+  /** Values dropped because their view's definition lost to a concurrent one. */
+  droppedByRedefinition = 0
+
+  constructor(limits: Partial<StoreLimits> = {}) {
+    this.limits = { ...DEFAULT_STORE_LIMITS, ...limits }
+  }
+
+  subscribe(listener: StoreListener): () => void {
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
+  }
+
+  private emit(event: StoreEvent): void {
+    for (const l of this.listeners) l(event)
+  }
+
+  views(): View[] {
+    return [...this.byName.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+  }
+
+  view(name: string): View {
+    const v = this.byName.get(name)
+    if (!v) throw new StoreError('unknown_view', `no view named "${name}"; create it with PUT /views/${encodeURIComponent(name)}`)
+    return v
+  }
+
+  viewByNo(no: number): View | undefined {
+    return this.byNo.get(no)
+  }
+
+  hasView(name: string): boolean {
+    return this.byName.has(name)
+  }
+
+  /**
+   * Defines a view locally. Returns 'exists' when an identical definition is there, throws
+   * StoreError('conflict') when a different one is; else returns the catalog delta to persist and
+   * replicate.
+   */
+  define(name: string, raw: unknown, ctx: OpContext): { result: 'created' | 'exists'; catalogDelta: unknown | null } {
+    const bad = checkName(name, 'a view name')
+    if (bad) throw new StoreError('bad_key', bad)
+    let def: ViewDefinition
+    try {
+      def = parseDefinition(raw)
+    } catch (err) {
+      throw new StoreError('bad_definition', (err as Error).message)
+    }
+    const defJson = canonicalJson(def)
+    const existing = this.byName.get(name)
+    if (existing) {
+      if (existing.defJson === defJson) return { result: 'exists', catalogDelta: null }
+      throw new StoreError('conflict', `view "${name}" already exists with another definition: ${existing.defJson}`)
+    }
+    if (this.byName.size >= this.limits.maxViews) {
+      throw new StoreError('limit', `at most ${this.limits.maxViews} views; this node has that many already`)
+    }
+    const delta = lwwmap.apply(this.catalogState, lwwmap.validate({ set: { [name]: def } }), ctx)
+    this.syncCatalog()
+    return { result: 'created', catalogDelta: delta }
+  }
+
+  /** Joins a catalog state or delta (from a peer or from disk). Returns true if it changed. */
+  mergeCatalog(delta: LWWMapState): boolean {
+    if (!lwwmap.join(this.catalogState, delta)) return false
+    this.syncCatalog()
+    return true
+  }
+
+  catalog(): unknown {
+    return this.catalogState
+  }
+
+  /** Brings the view table in line with the catalog's value: new views appear, redefined ones restart empty. */
+  private syncCatalog(): void {
+    const defs = lwwmap.value(this.catalogState) as Record<string, unknown>
+    for (const [name, raw] of Object.entries(defs)) {
+      let def: ViewDefinition
+      try {
+        def = parseDefinition(raw)
+      } catch {
+        continue // a definition this version cannot read: leave the view out rather than guess
+      }
+      const defJson = canonicalJson(def)
+      const existing = this.byName.get(name)
+      if (existing && existing.defJson === defJson) continue
+      const view: View = { name, def, defJson, type: crdtTypes[def.type], no: this.savedNumbers.get(`${name}\u0000${defJson}`) ?? this.nextNo++, states: new KeyIndex() }
+      const dropped = existing ? existing.states.size : 0
+      if (existing) {
+        this.byNo.delete(existing.no)
+        this.droppedByRedefinition += dropped
+      }
+      this.byName.set(name, view)
+      this.byNo.set(view.no, view)
+      this.emit({ kind: 'define', view, replaced: existing ?? null, dropped })
+    }
+  }
+
+  /**
+   * Loads the catalog saved on disk together with the local numbers its views had, so storage
+   * keys stay valid across restarts. Call once, before anything else touches the store.
+   */
+  loadCatalog(state: LWWMapState, numbers: Array<{ name: string; defJson: string; no: number }>, nextNo: number): void {
+    this.nextNo = Math.max(this.nextNo, nextNo)
+    for (const n of numbers) {
+      this.savedNumbers.set(`${n.name}\u0000${n.defJson}`, n.no)
+      if (n.no >= this.nextNo) this.nextNo = n.no + 1
+    }
+    this.mergeCatalog(state)
+    this.savedNumbers.clear()
+  }
+
+  /** The catalog as storage saves it. */
+  savedCatalog(): { state: LWWMapState; numbers: Array<{ name: string; defJson: string; no: number }>; nextNo: number } {
+    return { state: this.catalogState, numbers: this.numbers(), nextNo: this.nextNo }
+  }
+
+  readonly catalogType = lwwmap
+
+  /** Puts a state recovered from disk in place, without events. */
+  load(view: View, key: string, state: unknown): void {
+    view.states.set(key, state)
+  }
+
+  keyCount(): number {
+    let n = 0
+    for (const v of this.byName.values()) n += v.states.size
+    return n
+  }
+
+  numbers(): Array<{ name: string; defJson: string; no: number }> {
+    return this.views().map((v) => ({ name: v.name, defJson: v.defJson, no: v.no }))
+  }
+
+  /** Validates and applies an op; returns the delta and the new value. Nothing changes when it throws. */
+  apply(viewName: string, key: string, rawOp: unknown, ctx: OpContext): { view: View; delta: unknown; value: unknown } {
+    const view = this.view(viewName)
+    const bad = checkName(key, 'a key')
+    if (bad) throw new StoreError('bad_key', bad)
+    checkOpSize(rawOp, this.limits.maxOpElements)
+    let op: unknown
+    try {
+      op = view.type.validate(rawOp)
+    } catch (err) {
+      if (err instanceof CrdtOpError) throw new StoreError('bad_op', err.message)
+      throw err
+    }
+    let state = view.states.get(key)
+    const fresh = state === undefined
+    if (fresh) state = view.type.empty()
+    let delta: unknown
+    try {
+      delta = view.type.apply(state, op, ctx)
+    } catch (err) {
+      if (err instanceof CrdtOpError) throw new StoreError('bad_op', err.message)
+      throw err
+    }
+    if (fresh) view.states.set(key, state)
+    this.emit({ kind: 'value', view, key, delta, local: true })
+    return { view, delta, value: view.type.value(state) }
+  }
+
+  /** Joins a state or delta into a key of a view; returns true if it changed. */
+  merge(view: View, key: string, delta: unknown, local = false): boolean {
+    let state = view.states.get(key)
+    if (state === undefined) {
+      state = view.type.empty()
+      if (!view.type.join(state, delta)) return false
+      view.states.set(key, state)
+    } else if (!view.type.join(state, delta)) {
+      return false
+    }
+    this.emit({ kind: 'value', view, key, delta, local })
+    return true
+  }
+
+  read(viewName: string, key: string): unknown {
+    const view = this.view(viewName)
+    const state = view.states.get(key)
+    return view.type.value(state ?? view.type.empty())
+  }
+
+  state(view: View, key: string): unknown {
+    return view.states.get(key)
+  }
+
+  scan(viewName: string, opts: { prefix?: string; after?: string; limit: number }): ScanPage<unknown> {
+    const view = this.view(viewName)
+    const page = view.states.scan(opts)
+    return { items: page.items.map(({ key, value }) => ({ key, value: view.type.value(value) })), next: page.next }
+  }
+}
+
+/** Refuses ops whose arrays or objects exceed the element bound before any type looks at them. */
+function checkOpSize(op: unknown, max: number): void {
+  if (op === null || typeof op !== 'object') return
+  for (const v of Object.values(op as Record<string, unknown>)) {
+    const n = Array.isArray(v) ? v.length : v !== null && typeof v === 'object' ? Object.keys(v).length : 0
+    if (n > max) throw new StoreError('limit', `an op may carry at most ${max} elements, this one has ${n}`)
+  }
+}
