@@ -10,7 +10,8 @@ import { CrdtDecodeError, type CrdtType } from './types.js'
 /** The format version every type writes first. Readers accept exactly the versions they know. */
 export const FORMAT_VERSION = 1
 
-const utf8 = new TextDecoder('utf-8', { fatal: true })
+// ignoreBOM: a string that starts with U+FEFF must keep it, or it would not survive the codec.
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
 
 export function fail(dec: decoding.Decoder, type: string, reason: string): never {
   throw new CrdtDecodeError(type, dec.pos, reason)
@@ -40,6 +41,8 @@ export function readUint(dec: decoding.Decoder, type: string): number {
     throw new CrdtDecodeError(type, at, 'truncated or overlong integer')
   }
   if (!Number.isSafeInteger(n)) throw new CrdtDecodeError(type, at, 'integer out of the safe range')
+  // lib0 writes the shortest form, whose last byte is never 0: padded forms are not canonical.
+  if (dec.pos - at > 1 && dec.arr[dec.pos - 1] === 0) throw new CrdtDecodeError(type, at, 'overlong integer')
   return n
 }
 

@@ -221,12 +221,17 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
     throw new HttpError(404, 'not_found', `no route ${method} ${req.url?.split('?')[0]}; see GET /views, GET /health`)
   }
 
+  let closing = false
   const server = http.createServer((req, res) => {
     const t0 = performance.now()
     const rawUrl = req.url ?? '/'
     const q = rawUrl.indexOf('?')
     const ctx: Ctx = { req, res, segs: [], query: new URLSearchParams(q >= 0 ? rawUrl.slice(q + 1) : ''), route: 'unknown' }
-    const done = () => metrics.request(ctx.route, req.method ?? 'GET', res.statusCode, (performance.now() - t0) / 1000)
+    const done = () => {
+      metrics.request(ctx.route, req.method ?? 'GET', res.statusCode, (performance.now() - t0) / 1000)
+      // A connection busy at close time turns idle only now; left open, it would hold the shutdown for keepAliveTimeout.
+      if (closing) setImmediate(() => server.closeIdleConnections())
+    }
     res.on('finish', done)
     Promise.resolve()
       .then(() => {
@@ -269,6 +274,7 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
         metrics,
         close: () =>
           new Promise<void>((res) => {
+            closing = true
             server.close(() => res())
             server.closeIdleConnections()
           }),

@@ -50,7 +50,7 @@ export const DEFAULT_STORAGE_OPTIONS: StorageOptions = {
   maxPendingBytes: 64 * 1024 * 1024,
   compactMinLogBytes: 1024 * 1024,
   compactLogRatio: 0.5,
-  compactSliceKeys: 512,
+  compactSliceKeys: 1024,
 }
 
 export interface RecoveryReport {
@@ -74,8 +74,14 @@ export interface StorageStats {
   lastCompactionMs: number
 }
 
+interface PendingDelta {
+  view: View
+  key: string
+  delta: unknown
+}
+
 interface Batch {
-  entries: LogEntry[]
+  entries: PendingDelta[]
   raw: WriteOp[]
   bytes: number
   done: Promise<void>
@@ -95,6 +101,8 @@ function newBatch(): Batch {
   return { entries: [], raw: [], bytes: 0, done, resolve, reject }
 }
 
+/** Reused for every delta of a flush; lib0 encoders are reset by clearing their buffers. */
+const scratch = encoding.createEncoder()
 const REPLICA = metaKey('replica')
 const CATALOG = metaKey('catalog')
 const utf8 = new TextEncoder()
@@ -237,12 +245,10 @@ export class Storage {
   append(view: View, key: string, delta: unknown): Promise<void> {
     if (this.failed) return Promise.reject(this.failed)
     if (this.closed) return Promise.reject(new StorageError('closed', 'the node is shutting down'))
-    const enc = encoding.createEncoder()
-    view.type.encode(enc, delta)
-    const bytes = encoding.toUint8Array(enc)
+    // Deltas are encoded at flush time, into the record itself: no encoder per write.
     const b = this.pending
-    b.entries.push({ viewNo: view.no, key, delta: bytes })
-    b.bytes += bytes.length + key.length + 8
+    b.entries.push({ view, key, delta })
+    b.bytes += key.length + 32
     this.markDirty(view.no, key)
     this.schedule()
     return b.done
@@ -302,7 +308,15 @@ export class Storage {
     const ops: WriteOp[] = []
     let recordBytes = 0
     if (b.entries.length > 0) {
-      const record = encodeLogRecord(b.entries)
+      const record = encodeLogRecord(b.entries.length, (enc, i) => {
+        const e = b.entries[i] as PendingDelta
+        encoding.writeVarUint(enc, e.view.no)
+        encoding.writeVarString(enc, e.key)
+        scratch.cpos = 0
+        scratch.bufs.length = 0
+        e.view.type.encode(scratch, e.delta)
+        encoding.writeVarUint8Array(enc, encoding.toUint8Array(scratch))
+      })
       recordBytes = record.length
       ops.push({ type: 'put', key: logKey(++this.position), value: record })
     }
@@ -375,10 +389,10 @@ export class Storage {
             sampledKeys++
           }
           if (slice.length >= this.options.compactSliceKeys) {
+            // Awaiting the slice's batch both yields to requests and bounds what compaction queues.
             await this.enqueueRaw(slice)
             slice = []
             this.stats.snapshotWrites += this.options.compactSliceKeys
-            await new Promise<void>((r) => setImmediate(r))
           }
         }
       }

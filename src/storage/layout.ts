@@ -106,15 +106,21 @@ export interface LogEntry {
   delta: Uint8Array
 }
 
-export function encodeLogRecord(entries: LogEntry[]): Uint8Array {
+/**
+ * A log record of `count` entries; `writeEntry` writes entry i as viewNo (varUint), key
+ * (varString), delta (varUint8Array), which lets the engine encode deltas straight into the record.
+ */
+export function encodeLogRecord(count: number, writeEntry: (enc: encoding.Encoder, i: number) => void): Uint8Array {
   const enc = encoding.createEncoder()
-  encoding.writeVarUint(enc, entries.length)
-  for (const e of entries) {
-    encoding.writeVarUint(enc, e.viewNo)
-    encoding.writeVarString(enc, e.key)
-    encoding.writeVarUint8Array(enc, e.delta)
-  }
+  encoding.writeVarUint(enc, count)
+  for (let i = 0; i < count; i++) writeEntry(enc, i)
   return seal(encoding.toUint8Array(enc))
+}
+
+export function writeLogEntry(enc: encoding.Encoder, e: LogEntry): void {
+  encoding.writeVarUint(enc, e.viewNo)
+  encoding.writeVarString(enc, e.key)
+  encoding.writeVarUint8Array(enc, e.delta)
 }
 
 export function decodeLogRecord(value: Uint8Array): LogEntry[] {

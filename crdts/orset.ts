@@ -1,0 +1,518 @@
+/**
+ * OR-set, add-wins and optimised: a dot kernel over a causal context (Bieniusa et al. 2012,
+ * "An optimized conflict-free replicated set"; Almeida, Shoker, Baquero 2018, delta AWORSet).
+ *
+ * Each live element carries the dots (replica, counter) of the adds that created it; the causal
+ * context records every dot this state has seen. An add makes a fresh dot and supersedes the
+ * element's old dots; a remove just forgets the element's dots, which the context still covers,
+ * so a peer that joins this state drops them too. No tombstone per removed element remains, and
+ * once replicas have met the context is one counter per replica (see causal.ts).
+ *
+ * Join (dot kernel): a dot survives if both sides have it, or one side has it and the other side
+ * has never seen it. An add concurrent with a remove therefore wins: its dot is new to the
+ * remover.
+ *
+ * State shape, chosen for memory (a view holds millions of sets, most of them small):
+ * - the state *is* its causal context (ids / vv / cloud live on the same object);
+ * - elements are a sorted string array with a parallel array of dots, not a Map: lookups are a
+ *   binary search, `value` and `encode` need no sort, and two arrays cost far less than a Map per
+ *   key. Small arrays are kept at their exact length (an insert copies them, as gcounter does:
+ *   `splice` and `push` leave 16+ spare slots); from EXACT_LIMIT elements on, inserts splice in
+ *   place and V8's spare capacity is a bounded fraction;
+ * - an element's dots are, in the common case of one dot whose replica index is below 256, a
+ *   single number `counter * 256 + index` stored inline (a small integer: no allocation at all);
+ *   otherwise a flat array of (index, counter) pairs, in no particular order.
+ *
+ * Invariant beyond the context's (see causal.ts): every dot of an entry is covered by the context.
+ * A dot normally belongs to one element, but nothing relies on it: a replica that lost writes it
+ * had already shipped may reuse dots, and join must stay a lattice join (and every state it makes
+ * must decode) even then.
+ *
+ * Format v1:
+ *   version (1);
+ *   causal context (causal.ts): replica ids ascending, vv as (rank, counter > 0) by rank, cloud as
+ *     (rank, counter) ascending, each beyond vv + 1; every replica referenced by the vv or cloud;
+ *   entries: count, then per element ascending by UTF-16 code units: element (varString), dot
+ *     count (>= 1), dots as (rank, counter) ascending, each covered by the causal context.
+ * The decoder refuses anything else, so whatever decodes re-encodes to the same bytes.
+ */
+import * as encoding from 'lib0/encoding'
+import type * as decoding from 'lib0/decoding'
+import { CrdtDecodeError, CrdtOpError, type CrdtType, type OpContext } from './types.js'
+import { guarded, readCount, readString, readUint, readVersion, writeVersion } from './codec.js'
+import { opVerb, stringList } from './validate.js'
+import {
+  addDot,
+  contextOf,
+  covers,
+  decodeContext,
+  encodeContext,
+  ensureReplica,
+  joinContext,
+  mapReplicas,
+  maxCounter,
+  NO_DOTS,
+  NO_IDS,
+  rankedPairs,
+  replicaIndex,
+  type CausalContext,
+} from './causal.js'
+
+/** One dot packed as `counter * PACK + index`, or flat (index, counter) pairs. */
+export type Dots = number | number[]
+
+export interface ORSetState extends CausalContext {
+  /** Live elements, strictly ascending by UTF-16 code units. */
+  elems: string[]
+  /** dots[i]: the dots of elems[i] (never empty), indices into `ids`. */
+  dots: Dots[]
+}
+
+/** Normalised op: elements sorted and distinct. */
+export type ORSetOp = { add: string[] } | { remove: string[] }
+
+const NAME = 'orset'
+const PACK = 256
+/** Largest counter that packs with any index < PACK without leaving the safe integer range. */
+const MAX_PACKED_N = Math.floor((Number.MAX_SAFE_INTEGER - (PACK - 1)) / PACK)
+/** Arrays shorter than this are copied to their exact length on insert and remove. */
+const EXACT_LIMIT = 32
+
+function one(r: number, n: number): Dots {
+  return r < PACK && n <= MAX_PACKED_N ? n * PACK + r : [r, n]
+}
+
+/** The dots as flat pairs; an array form is returned as is, so callers must not mutate it. */
+function pairsOf(d: Dots): readonly number[] {
+  if (typeof d !== 'number') return d
+  const r = d % PACK
+  return [r, (d - r) / PACK]
+}
+
+/** Canonical in-memory form of a pair list (`pairs` becomes owned by the result). */
+function fromPairs(pairs: number[]): Dots | undefined {
+  if (pairs.length === 0) return undefined
+  if (pairs.length === 2) return one(pairs[0] as number, pairs[1] as number)
+  return pairs
+}
+
+function hasPair(pairs: readonly number[], r: number, n: number): boolean {
+  for (let k = 0; k < pairs.length; k += 2) if (pairs[k] === r && pairs[k + 1] === n) return true
+  return false
+}
+
+/** Index of `e` in the sorted `elems`, or ~(insertion point). */
+function search(elems: readonly string[], e: string): number {
+  let lo = 0
+  let hi = elems.length - 1
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1
+    const x = elems[mid] as string
+    if (x < e) lo = mid + 1
+    else if (x > e) hi = mid - 1
+    else return mid
+  }
+  return ~lo
+}
+
+function inserted<T>(arr: T[], i: number, x: T): T[] {
+  if (arr.length < EXACT_LIMIT) return arr.toSpliced(i, 0, x)
+  arr.splice(i, 0, x)
+  return arr
+}
+
+function removed<T>(arr: T[], i: number): T[] {
+  if (arr.length <= EXACT_LIMIT) return arr.toSpliced(i, 1)
+  arr.splice(i, 1)
+  return arr
+}
+
+function insertEntry(s: ORSetState, at: number, e: string, d: Dots): void {
+  s.elems = inserted(s.elems, at, e)
+  s.dots = inserted(s.dots, at, d)
+}
+
+function removeEntry(s: ORSetState, at: number): void {
+  s.elems = removed(s.elems, at)
+  s.dots = removed(s.dots, at)
+}
+
+function emptyState(): ORSetState {
+  return { ids: NO_IDS, vv: [], cloud: NO_DOTS, elems: [], dots: [] }
+}
+
+function withContext(cc: CausalContext, elems: string[], dots: Dots[]): ORSetState {
+  return { ids: cc.ids, vv: cc.vv, cloud: cc.cloud, elems, dots }
+}
+
+/** Sorted and distinct, so the delta's entries come out sorted; ops from `validate` already are. */
+function normalised(elems: string[]): string[] {
+  for (let i = 1; i < elems.length; i++) {
+    if (!((elems[i - 1] as string) < (elems[i] as string))) return [...new Set(elems)].sort()
+  }
+  return elems
+}
+
+function pushPairs(out: number[], d: Dots): void {
+  if (typeof d === 'number') {
+    const r = d % PACK
+    out.push(r, (d - r) / PACK)
+  } else for (const x of d) out.push(x)
+}
+
+/**
+ * Each element gets a fresh dot that supersedes its old ones. Delta: the new entries, and a
+ * context of the new dots plus the superseded ones (so that a peer drops those too).
+ */
+function add(state: ORSetState, list: string[], replica: string): ORSetState {
+  if (list.length === 1) return addOne(state, list[0] as string, replica)
+  const elems = normalised(list)
+  if (elems.length === 0) return emptyState()
+  const known = replicaIndex(state, replica)
+  // Past the highest counter seen from us, not just the contiguous one: a dot of ours that came
+  // back from a peer must never be reused for another element.
+  const base = known >= 0 ? maxCounter(state, known) : 0
+  if (!Number.isSafeInteger(base + elems.length)) throw new CrdtOpError(NAME, `replica ${replica} has exhausted its dot counter`)
+  const r = known >= 0 ? known : ensureReplica(state, replica)
+  const seen: number[] = []
+  for (let k = 0; k < elems.length; k++) {
+    const e = elems[k] as string
+    const n = base + k + 1
+    const i = search(state.elems, e)
+    if (i >= 0) {
+      pushPairs(seen, state.dots[i] as Dots)
+      state.dots[i] = one(r, n)
+    } else insertEntry(state, ~i, e, one(r, n))
+    addDot(state, r, n)
+    seen.push(r, n)
+  }
+  const { cc, remap } = contextOf(state.ids, seen)
+  const dr = remap[r] as number
+  const dots = new Array<Dots>(elems.length)
+  for (let k = 0; k < elems.length; k++) dots[k] = one(dr, base + k + 1)
+  return withContext(cc, elems === list ? elems.slice() : elems, dots)
+}
+
+/**
+ * `add` of one element, the hot path: the delta's context is at most two dots (the new one and
+ * the one it supersedes, in the common case), written out directly in compact form.
+ */
+function addOne(state: ORSetState, e: string, replica: string): ORSetState {
+  let r = replicaIndex(state, replica)
+  const n = (r >= 0 ? maxCounter(state, r) : 0) + 1
+  if (!Number.isSafeInteger(n)) throw new CrdtOpError(NAME, `replica ${replica} has exhausted its dot counter`)
+  if (r < 0) r = ensureReplica(state, replica)
+  const i = search(state.elems, e)
+  let old: Dots | undefined
+  if (i >= 0) {
+    old = state.dots[i] as Dots
+    state.dots[i] = one(r, n)
+  } else insertEntry(state, ~i, e, one(r, n))
+  addDot(state, r, n)
+  // In the delta our replica has index 0. Counter 1 is the whole contiguous prefix; any other
+  // lone counter is a cloud dot.
+  if (old === undefined) return withContext({ ids: [replica], vv: n === 1 ? [1] : [0], cloud: n === 1 ? NO_DOTS : [0, n] }, [e], [one(0, n)])
+  if (typeof old === 'number') {
+    const or = old % PACK
+    const on = (old - or) / PACK // < n: `old` is covered, n is past every counter seen
+    if (or === r) {
+      if (on !== 1) return withContext({ ids: [replica], vv: [0], cloud: [0, on, 0, n] }, [e], [one(0, n)])
+      return withContext({ ids: [replica], vv: n === 2 ? [2] : [1], cloud: n === 2 ? NO_DOTS : [0, n] }, [e], [one(0, n)])
+    }
+    const vv = [n === 1 ? 1 : 0, on === 1 ? 1 : 0]
+    const cloud = n === 1 ? (on === 1 ? NO_DOTS : [1, on]) : on === 1 ? [0, n] : [0, n, 1, on]
+    return withContext({ ids: [replica, state.ids[or] as string], vv, cloud }, [e], [one(0, n)])
+  }
+  const { cc, remap } = contextOf(state.ids, [...old, r, n])
+  return withContext(cc, [e], [one(remap[r] as number, n)])
+}
+
+/** Drops the elements; the delta is just the context of their dots. */
+function remove(state: ORSetState, list: string[]): ORSetState {
+  const seen: number[] = []
+  for (const e of normalised(list)) {
+    const i = search(state.elems, e)
+    if (i < 0) continue
+    pushPairs(seen, state.dots[i] as Dots)
+    removeEntry(state, i)
+  }
+  if (seen.length === 0) return emptyState()
+  return withContext(contextOf(state.ids, seen).cc, [], [])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Join
+
+/**
+ * `other`'s causal context seen from `into`'s replica numbering, for fast coverage tests while
+ * walking `into`'s entries: vv per into-index, and the cloud both as pairs and, where they pack,
+ * as single numbers comparable with a packed dot directly.
+ */
+interface ForeignContext {
+  vv: number[]
+  cloud: number[]
+  packed: number[]
+}
+
+function foreign(into: CausalContext, other: CausalContext, map: readonly number[]): ForeignContext {
+  const vv = new Array<number>(into.ids.length).fill(0)
+  for (let j = 0; j < map.length; j++) vv[map[j] as number] = other.vv[j] as number
+  const cloud: number[] = []
+  const packed: number[] = []
+  for (let k = 0; k < other.cloud.length; k += 2) {
+    const r = map[other.cloud[k] as number] as number
+    const n = other.cloud[k + 1] as number
+    cloud.push(r, n)
+    const p = one(r, n)
+    if (typeof p === 'number') packed.push(p)
+  }
+  return { vv, cloud, packed }
+}
+
+function foreignCovers(f: ForeignContext, r: number, n: number): boolean {
+  return n <= (f.vv[r] as number) || hasPair(f.cloud, r, n)
+}
+
+/** Dots of an element only `into` has: those `other` has seen were removed there. */
+function dropSeen(d: Dots, f: ForeignContext): Dots | undefined {
+  if (typeof d === 'number') {
+    const r = d % PACK
+    if ((d - r) / PACK <= (f.vv[r] as number)) return undefined
+    return f.packed.length > 0 && f.packed.includes(d) ? undefined : d
+  }
+  const kept: number[] = []
+  for (let k = 0; k < d.length; k += 2) {
+    if (!foreignCovers(f, d[k] as number, d[k + 1] as number)) kept.push(d[k] as number, d[k + 1] as number)
+  }
+  return kept.length === d.length ? d : fromPairs(kept)
+}
+
+/** Dots of an element only `other` has, translated: those `into` has seen were removed here. */
+function takeUnseen(d: Dots, into: CausalContext, map: readonly number[]): Dots | undefined {
+  const p = pairsOf(d)
+  const kept: number[] = []
+  for (let k = 0; k < p.length; k += 2) {
+    const r = map[p[k] as number] as number
+    const n = p[k + 1] as number
+    if (!covers(into, r, n)) kept.push(r, n)
+  }
+  return fromPairs(kept)
+}
+
+/** Dots of an element both sides have; returns `a` itself when nothing changes. */
+function joinDots(a: Dots, b: Dots, into: CausalContext, f: ForeignContext, map: readonly number[]): Dots | undefined {
+  const pb = pairsOf(b)
+  if (typeof a === 'number' && pb.length === 2 && one(map[pb[0] as number] as number, pb[1] as number) === a) return a
+  const pa = pairsOf(a)
+  const kept: number[] = []
+  let changed = false
+  for (let k = 0; k < pa.length; k += 2) {
+    const r = pa[k] as number
+    const n = pa[k + 1] as number
+    let inB = false
+    for (let m = 0; m < pb.length; m += 2) {
+      if (map[pb[m] as number] === r && pb[m + 1] === n) {
+        inB = true
+        break
+      }
+    }
+    if (inB || !foreignCovers(f, r, n)) kept.push(r, n)
+    else changed = true
+  }
+  for (let m = 0; m < pb.length; m += 2) {
+    const r = map[pb[m] as number] as number
+    const n = pb[m + 1] as number
+    if (!hasPair(pa, r, n) && !covers(into, r, n)) {
+      kept.push(r, n)
+      changed = true
+    }
+  }
+  return changed ? fromPairs(kept) : a
+}
+
+/** Above this many new elements a dense join rebuilds the arrays instead of inserting each. */
+const INSERT_LIMIT = 8
+
+/**
+ * One merge walk over both sorted entry lists: every entry of `into` is tested against other's
+ * context, so a join costs O(|into| + |other|) even for a one-element delta. A walk that visits
+ * only the delta's elements exists only if every dot belongs to one element; that fails once a
+ * replica that lost unreplicated writes reuses its dots, and then it would stop being a lattice
+ * join (replicas could diverge), whereas this walk stays one whatever the states hold. The
+ * per-entry test is a few arithmetic operations on an inline number.
+ */
+function joinEntries(into: ORSetState, other: ORSetState, map: readonly number[], f: ForeignContext): boolean {
+  let changed = false
+  const { elems, dots } = into
+  const oe = other.elems
+  const od = other.dots
+  const newElems: string[] = []
+  const newDots: Dots[] = []
+  const takeOther = (j: number) => {
+    const d = takeUnseen(od[j] as Dots, into, map)
+    if (d !== undefined) {
+      newElems.push(oe[j] as string)
+      newDots.push(d)
+    }
+  }
+  // into's entries are filtered in place (write index w); other's new ones are set aside
+  let j = 0
+  let w = 0
+  const n = elems.length
+  for (let i = 0; i < n; i++) {
+    const e = elems[i] as string
+    while (j < oe.length && (oe[j] as string) < e) takeOther(j++)
+    const d = dots[i] as Dots
+    const kept = j < oe.length && oe[j] === e ? joinDots(d, od[j++] as Dots, into, f, map) : dropSeen(d, f)
+    if (kept === undefined) {
+      changed = true
+      continue
+    }
+    if (kept !== d) changed = true
+    if (w !== i) elems[w] = e
+    if (w !== i || kept !== d) dots[w] = kept
+    w++
+  }
+  while (j < oe.length) takeOther(j++)
+  if (w < n) {
+    if (w < EXACT_LIMIT) {
+      into.elems = elems.slice(0, w)
+      into.dots = dots.slice(0, w)
+    } else {
+      elems.length = w
+      dots.length = w
+    }
+  }
+  if (newElems.length === 0) return changed
+  if (newElems.length <= INSERT_LIMIT) {
+    for (let k = 0; k < newElems.length; k++) {
+      insertEntry(into, ~search(into.elems, newElems[k] as string), newElems[k] as string, newDots[k] as Dots)
+    }
+    return true
+  }
+  const total = into.elems.length + newElems.length
+  const me = new Array<string>(total)
+  const md = new Array<Dots>(total)
+  const ae = into.elems
+  const ad = into.dots
+  let a = 0
+  let b = 0
+  for (let k = 0; k < total; k++) {
+    if (b >= newElems.length || (a < ae.length && (ae[a] as string) < (newElems[b] as string))) {
+      me[k] = ae[a] as string
+      md[k] = ad[a++] as Dots
+    } else {
+      me[k] = newElems[b] as string
+      md[k] = newDots[b++] as Dots
+    }
+  }
+  into.elems = me
+  into.dots = md
+  return true
+}
+
+/** The dot-kernel join. */
+function join(into: ORSetState, other: ORSetState): boolean {
+  // Coverage tests below must see both contexts as they were before the join; giving other's
+  // replicas an index in `into`, with nothing seen yet, does not change what `into` covers.
+  const map = mapReplicas(into, other)
+  const f = foreign(into, other, map)
+  let changed = joinEntries(into, other, map, f)
+  if (joinContext(into, other, map)) changed = true
+  return changed
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function clone(s: ORSetState): ORSetState {
+  return {
+    ids: s.ids, // immutable (see causal.ts)
+    vv: s.vv.slice(),
+    cloud: s.cloud, // immutable
+    elems: s.elems.slice(),
+    dots: s.dots.map((d) => (typeof d === 'number' ? d : d.slice())),
+  }
+}
+
+function encode(enc: encoding.Encoder, state: ORSetState): void {
+  writeVersion(enc)
+  const rank = encodeContext(enc, state)
+  encoding.writeVarUint(enc, state.elems.length)
+  for (let i = 0; i < state.elems.length; i++) {
+    encoding.writeVarString(enc, state.elems[i] as string)
+    const d = state.dots[i] as Dots
+    if (typeof d === 'number') {
+      const r = d % PACK
+      encoding.writeVarUint(enc, 1)
+      encoding.writeVarUint(enc, rank[r] as number)
+      encoding.writeVarUint(enc, (d - r) / PACK)
+      continue
+    }
+    const pairs = rankedPairs(d, rank)
+    encoding.writeVarUint(enc, pairs.length / 2)
+    for (const x of pairs) encoding.writeVarUint(enc, x)
+  }
+}
+
+function decode(dec: decoding.Decoder): ORSetState {
+  return guarded(NAME, dec, () => {
+    readVersion(dec, NAME)
+    const cc = decodeContext(dec, NAME)
+    // element (>= 1 byte), dot count (1), one dot (2)
+    const n = readCount(dec, NAME, 4)
+    const elems = new Array<string>(n)
+    const dots = new Array<Dots>(n)
+    for (let i = 0; i < n; i++) {
+      const at = dec.pos
+      const e = readString(dec, NAME)
+      if (i > 0 && !((elems[i - 1] as string) < e)) throw new CrdtDecodeError(NAME, at, 'elements not in ascending order')
+      const nd = readCount(dec, NAME, 2)
+      if (nd === 0) throw new CrdtDecodeError(NAME, dec.pos, 'an element without dots is not canonical')
+      const pairs = new Array<number>(2 * nd)
+      for (let k = 0; k < nd; k++) {
+        const dat = dec.pos
+        const r = readUint(dec, NAME)
+        const c = readUint(dec, NAME)
+        if (r >= cc.ids.length) throw new CrdtDecodeError(NAME, dat, `replica index ${r} out of range`)
+        if (k > 0) {
+          const pr = pairs[2 * k - 2] as number
+          if (r < pr || (r === pr && c <= (pairs[2 * k - 1] as number))) throw new CrdtDecodeError(NAME, dat, 'dots not in ascending order')
+        }
+        if (!covers(cc, r, c)) throw new CrdtDecodeError(NAME, dat, 'a dot outside the causal context')
+        pairs[2 * k] = r
+        pairs[2 * k + 1] = c
+      }
+      elems[i] = e
+      dots[i] = fromPairs(pairs) as Dots
+    }
+    return withContext(cc, elems, dots)
+  })
+}
+
+/** Lone surrogates would not survive the UTF-8 codec; in `u` mode a valid pair is one code point. */
+const LONE_SURROGATE = /\p{Surrogate}/u
+
+function validate(op: unknown): ORSetOp {
+  const verb = opVerb(NAME, op, ['add', 'remove'])
+  const list = stringList(NAME, verb, (op as Record<string, unknown>)[verb])
+  for (const e of list) {
+    if (LONE_SURROGATE.test(e)) throw new CrdtOpError(NAME, `${verb}: element ${JSON.stringify(e)} is not well-formed UTF-16`)
+  }
+  // A copy: the caller's array is never reordered.
+  const elems = list.length <= 1 ? list.slice() : [...new Set(list)].sort()
+  return verb === 'add' ? { add: elems } : { remove: elems }
+}
+
+export const orset: CrdtType<ORSetState, ORSetOp, string[]> = {
+  name: NAME,
+  empty: emptyState,
+  apply(state: ORSetState, op: ORSetOp, ctx: OpContext): ORSetState {
+    return 'add' in op ? add(state, op.add, ctx.replica) : remove(state, op.remove)
+  },
+  join,
+  value: (s) => s.elems.slice(),
+  clone,
+  encode,
+  decode,
+  validate,
+}

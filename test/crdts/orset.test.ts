@@ -1,0 +1,396 @@
+import { describe, expect, it } from 'vitest'
+import fc from 'fast-check'
+import * as encoding from 'lib0/encoding'
+import * as prng from 'lib0/prng'
+import { orset, type ORSetState } from '../../crdts/orset.js'
+import { CrdtDecodeError, CrdtOpError, type OpContext } from '../../crdts/types.js'
+import { decodeState, encodeState, stateEquals } from '../../crdts/codec.js'
+import { addDot, compact, contextOf, covers, emptyContext, ensureReplica, joinContext, mapReplicas } from '../../crdts/causal.js'
+import { runCrdtLawTests } from '../laws/runCrdtLawTests.js'
+import { historyArb, REPLICA_IDS, type Step } from '../laws/history.js'
+
+// A small alphabet so that adds and removes collide; two non-BMP / high-BMP elements check that
+// order is by UTF-16 code units (U+1F600 sorts before U+FF5A there, after it by code point), and
+// a leading U+FEFF that the UTF-8 codec must not eat as a byte order mark.
+const elem = fc.constantFrom('a', 'b', 'c', 'd', 'e', '😀', 'ｚ', '\uFEFFa')
+const genOp = fc.oneof(
+  { weight: 4, arbitrary: fc.record({ add: elem }) },
+  { weight: 3, arbitrary: fc.record({ remove: elem }) },
+  { weight: 1, arbitrary: fc.record({ add: fc.array(elem, { maxLength: 3 }) }) },
+  { weight: 1, arbitrary: fc.record({ remove: fc.array(elem, { maxLength: 3 }) }) },
+)
+
+runCrdtLawTests(orset, {
+  genOp,
+  badOps: [
+    null,
+    'a',
+    ['a'],
+    {},
+    { add: 1 },
+    { add: [1] },
+    { add: ['a', 2] },
+    { add: [['a']] },
+    { add: null },
+    { add: { x: 'a' } },
+    { add: 'a', remove: 'b' },
+    { add: 'a', x: 1 },
+    { inc: 1 },
+    { add: '\uD800' },
+    { add: 'x\uDC00y' },
+    { remove: ['ok', 'a\uDFFF'] },
+  ],
+})
+
+const ctx = (replica: string): OpContext => ({ replica, time: { ts: 0, c: 0 } })
+const apply = (s: ORSetState, op: unknown, replica: string) => orset.apply(s, orset.validate(op), ctx(replica))
+const sync = (a: ORSetState, b: ORSetState) => {
+  const a0 = orset.clone(a)
+  orset.join(a, b)
+  orset.join(b, a0)
+}
+
+describe('orset: ops', () => {
+  it('normalises ops: a string becomes a list, duplicates go, the input is not touched', () => {
+    const input = ['b', 'a', 'b']
+    expect(orset.validate({ add: input })).toEqual({ add: ['a', 'b'] })
+    expect(input).toEqual(['b', 'a', 'b'])
+    expect(orset.validate({ remove: 'x' })).toEqual({ remove: ['x'] })
+    expect(orset.validate({ add: [] })).toEqual({ add: [] })
+    expect(orset.validate({ add: '😀' })).toEqual({ add: ['😀'] })
+    expect(() => orset.validate({ add: '\uDE00' })).toThrow(CrdtOpError)
+  })
+
+  it('empty lists and removing an absent element are no-ops with an empty delta', () => {
+    const s = orset.empty()
+    apply(s, { add: 'x' }, 'a')
+    const before = encodeState(orset, s)
+    for (const op of [{ add: [] }, { remove: [] }, { remove: 'y' }, { remove: ['y', 'z'] }]) {
+      const delta = apply(s, op, 'b')
+      expect(stateEquals(orset, delta, orset.empty())).toBe(true)
+    }
+    expect(encodeState(orset, s)).toEqual(before)
+    // a remove by a replica that never added creates no replica entry
+    expect(s.ids).toEqual(['a'])
+  })
+
+  it('an add of several elements gives each its own dot', () => {
+    const s = orset.empty()
+    const delta = apply(s, { add: ['y', 'x', 'x'] }, 'a')
+    expect(orset.value(s)).toEqual(['x', 'y'])
+    expect(orset.value(delta)).toEqual(['x', 'y'])
+    expect(s.vv).toEqual([2])
+    // removing one leaves the other
+    const b = orset.clone(s)
+    apply(b, { remove: 'x' }, 'b')
+    sync(s, b)
+    expect(orset.value(s)).toEqual(['y'])
+  })
+
+  it('values are sorted by UTF-16 code units', () => {
+    const s = orset.empty()
+    apply(s, { add: ['ｚ', '😀', 'b', 'B', ''] }, 'a')
+    expect(orset.value(s)).toEqual(['', 'B', 'b', '😀', 'ｚ'])
+  })
+})
+
+describe('orset: add-wins semantics', () => {
+  it('an add concurrent with a remove of the same element wins', () => {
+    const a = orset.empty()
+    const b = orset.empty()
+    apply(a, { add: 'x' }, 'a')
+    sync(a, b)
+    expect(orset.value(b)).toEqual(['x'])
+    apply(a, { remove: 'x' }, 'a')
+    apply(b, { add: 'x' }, 'b')
+    sync(a, b)
+    expect(orset.value(a)).toEqual(['x'])
+    expect(orset.value(b)).toEqual(['x'])
+    expect(stateEquals(orset, a, b)).toBe(true)
+  })
+
+  it('the same, shipping only deltas', () => {
+    const a = orset.empty()
+    const b = orset.empty()
+    orset.join(b, apply(a, { add: 'x' }, 'a'))
+    const da = apply(a, { remove: 'x' }, 'a')
+    const db = apply(b, { add: 'x' }, 'b')
+    orset.join(a, db)
+    orset.join(b, da)
+    expect(orset.value(a)).toEqual(['x'])
+    expect(stateEquals(orset, a, b)).toBe(true)
+  })
+
+  it('a remove of an observed add wins', () => {
+    const a = orset.empty()
+    const b = orset.empty()
+    apply(a, { add: 'x' }, 'a')
+    sync(a, b)
+    apply(b, { remove: 'x' }, 'b')
+    sync(a, b)
+    expect(orset.value(a)).toEqual([])
+    expect(orset.value(b)).toEqual([])
+    // and a stale copy of the add arriving again changes nothing
+    const stale = orset.empty()
+    apply(stale, { add: 'x' }, 'a')
+    expect(orset.join(a, stale)).toBe(false)
+    expect(orset.value(a)).toEqual([])
+  })
+
+  it('re-adding after a remove works, on every replica', () => {
+    const a = orset.empty()
+    const b = orset.empty()
+    apply(a, { add: 'x' }, 'a')
+    apply(a, { remove: 'x' }, 'a')
+    sync(a, b)
+    expect(orset.value(b)).toEqual([])
+    apply(b, { add: 'x' }, 'b')
+    sync(a, b)
+    expect(orset.value(a)).toEqual(['x'])
+    apply(a, { remove: 'x' }, 'a')
+    apply(a, { add: 'x' }, 'a')
+    sync(a, b)
+    expect(orset.value(b)).toEqual(['x'])
+  })
+
+  it('concurrent adds both survive until one replica supersedes them', () => {
+    const a = orset.empty()
+    const b = orset.empty()
+    apply(a, { add: 'x' }, 'a')
+    apply(b, { add: 'x' }, 'b')
+    sync(a, b)
+    expect(a.dots[0]).toBeInstanceOf(Array) // two dots
+    apply(a, { add: 'x' }, 'a')
+    sync(a, b)
+    expect(typeof a.dots[0]).toBe('number') // one dot again
+    expect(stateEquals(orset, a, b)).toBe(true)
+  })
+
+  it('never reuses a dot of its own that came back from a peer', () => {
+    // replica a lost its state but a peer still has a's later dots (out of order: a cloud)
+    const peer = orset.empty()
+    apply(peer, { add: 'p' }, 'a')
+    const d2 = apply(peer, { add: 'q' }, 'a')
+    const fresh = orset.empty()
+    orset.join(fresh, d2) // only dot (a, 2)
+    expect(fresh.cloud).toEqual([0, 2])
+    apply(fresh, { add: 'r' }, 'a')
+    orset.join(peer, fresh)
+    expect(orset.value(peer)).toEqual(['p', 'q', 'r'])
+  })
+})
+
+/**
+ * Reference model: the textbook OR-set with a unique tag per add and a tombstone per removed tag,
+ * states joined by union. Its value must agree with the optimised one on every replica.
+ */
+interface Naive {
+  adds: Map<string, string> // tag -> element
+  removed: Set<string>
+}
+const naiveEmpty = (): Naive => ({ adds: new Map(), removed: new Set() })
+const naiveValue = (s: Naive) => [...new Set([...s.adds].filter(([t]) => !s.removed.has(t)).map(([, e]) => e))].sort()
+function naiveJoin(into: Naive, other: Naive) {
+  for (const [t, e] of other.adds) into.adds.set(t, e)
+  for (const t of other.removed) into.removed.add(t)
+}
+
+describe('orset: agrees with a naive tagged OR-set', () => {
+  it('on every replica after random histories, and after a full exchange', () => {
+    fc.assert(
+      fc.property(historyArb(genOp, 3, 60), (h: Step[]) => {
+        const opt = [orset.empty(), orset.empty(), orset.empty()]
+        const naive = [naiveEmpty(), naiveEmpty(), naiveEmpty()]
+        h.forEach((step, i) => {
+          if (step.kind === 'sync') {
+            if (step.from === step.to) return
+            orset.join(opt[step.to]!, orset.clone(opt[step.from]!))
+            naiveJoin(naive[step.to]!, naive[step.from]!)
+            return
+          }
+          const replica = REPLICA_IDS[step.replica] as string
+          const op = orset.validate(step.op)
+          orset.apply(opt[step.replica]!, op, ctx(replica))
+          const n = naive[step.replica]!
+          if ('add' in op) op.add.forEach((e, k) => n.adds.set(`${replica}:${i}:${k}`, e))
+          else for (const [t, e] of n.adds) if (op.remove.includes(e)) n.removed.add(t)
+        })
+        for (let r = 0; r < 3; r++) expect(orset.value(opt[r]!)).toEqual(naiveValue(naive[r]!))
+        const all = orset.empty()
+        const nall = naiveEmpty()
+        for (let r = 0; r < 3; r++) {
+          orset.join(all, opt[r]!)
+          naiveJoin(nall, naive[r]!)
+        }
+        expect(orset.value(all)).toEqual(naiveValue(nall))
+        // after a full exchange nothing is out of order any more
+        expect(all.cloud).toEqual([])
+      }),
+      { numRuns: 300 },
+    )
+  })
+})
+
+describe('orset: compactness', () => {
+  it('10,000 random ops from 3 replicas leave no trace of removed elements after a full sync', () => {
+    const seed = 20240607
+    const gen = prng.create(seed)
+    const ids = ['node-a', 'node-b', 'node-c']
+    const states = ids.map(() => orset.empty())
+    // deltas in flight to each replica, delivered in random order, some lost: clouds form
+    const inbox: ORSetState[][] = ids.map(() => [])
+    const names = Array.from({ length: 40 }, (_, i) => `e${String(i).padStart(3, '0')}`)
+    let sawCloud = false
+    for (let i = 0; i < 10_000; i++) {
+      const r = prng.int31(gen, 0, 2)
+      const e = prng.oneOf(gen, names)
+      const op = prng.real53(gen) < 0.55 ? { add: e } : { remove: e }
+      const delta = apply(states[r]!, op, ids[r]!)
+      for (let t = 0; t < 3; t++) if (t !== r && prng.real53(gen) < 0.9) inbox[t]!.push(delta)
+      const t = prng.int31(gen, 0, 2)
+      const box = inbox[t]!
+      if (box.length > 0 && prng.real53(gen) < 0.8) {
+        const k = prng.int31(gen, 0, box.length - 1)
+        orset.join(states[t]!, box.splice(k, 1)[0]!)
+        if (states[t]!.cloud.length > 0) sawCloud = true
+      }
+      if (prng.real53(gen) < 0.005) {
+        const from = prng.int31(gen, 0, 2)
+        orset.join(states[t]!, orset.clone(states[from]!))
+      }
+    }
+    expect(sawCloud, `seed ${seed}`).toBe(true)
+    // full sync: everyone joins everyone
+    for (let round = 0; round < 2; round++) for (const a of states) for (const b of states) orset.join(a, b)
+    const live = orset.value(states[0]!)
+    for (const s of states) {
+      expect(s.cloud).toEqual([])
+      expect(stateEquals(orset, s, states[0]!)).toBe(true)
+      expect(s.elems).toEqual(live)
+    }
+    const bytes = encodeState(orset, states[0]!)
+    const text = Buffer.from(bytes).toString('latin1')
+    for (const name of names) expect(text.includes(name)).toBe(live.includes(name))
+    // version + 3 replicas (1 + 7 bytes each) + vv (1 + 3 * (1 + 2)) + empty cloud + entry count,
+    // then per live element: name (1 + 4), dot count (1), and per dot: rank (1) + counter (<= 2);
+    // concurrent adds that nobody superseded legitimately keep an element at 2 or 3 dots.
+    const dotCount = states[0]!.dots.reduce<number>((t, d) => t + (typeof d === 'number' ? 1 : d.length / 2), 0)
+    expect(dotCount).toBeLessThanOrEqual(live.length * 3)
+    const bound = 1 + (1 + 3 * 7) + (1 + 3 * 3) + 1 + 1 + live.length * (5 + 1) + dotCount * 3
+    expect(bytes.length).toBeLessThanOrEqual(bound)
+  })
+})
+
+describe('orset: format v1', () => {
+  it('fixed bytes of a small state decode to the same state forever', () => {
+    const a = orset.empty()
+    const b = orset.empty()
+    apply(a, { add: ['x', 'y'] }, 'a') // (a,1) x, (a,2) y
+    apply(b, { add: 'x' }, 'b') // (b,1) x
+    sync(a, b)
+    apply(a, { remove: 'y' }, 'a')
+    const c = orset.empty()
+    apply(c, { add: 'lost' }, 'c') // (c,1): its delta never arrives
+    orset.join(a, apply(c, { add: 'z' }, 'c')) // (c,2) z arrives out of order: a cloud
+    const hex = Buffer.from(encodeState(orset, a)).toString('hex')
+    expect(hex).toBe(
+      [
+        '01', // version
+        '03', '0161', '0162', '0163', // replicas a, b, c
+        '02', '0002', '0101', // vv: a -> 2, b -> 1
+        '01', '0202', // cloud: (c, 2)
+        '02', // two elements
+        '0178', '02', '0001', '0101', // "x": (a,1), (b,1)
+        '017a', '01', '0202', // "z": (c,2)
+      ].join(''),
+    )
+    const back = decodeState(orset, Buffer.from(hex, 'hex'))
+    expect(orset.value(back)).toEqual(['x', 'z'])
+    expect(stateEquals(orset, back, a)).toBe(true)
+  })
+
+  it('bytes per element', () => {
+    const one = orset.empty()
+    apply(one, { add: 'x' }, 'a')
+    expect(encodeState(orset, one).length).toBe(14)
+    const hundred = orset.empty()
+    for (let i = 0; i < 100; i++) apply(hundred, { add: `item-${String(i).padStart(3, '0')}` }, 'node-a')
+    const size = encodeState(orset, hundred).length
+    // each: name 1 + 8, dot count 1, rank 1, counter 1 or 2
+    expect(size).toBeLessThan(100 * 13 + 20)
+  })
+
+  const bytes = (...parts: (number | string)[]) => {
+    const enc = encoding.createEncoder()
+    for (const p of parts) {
+      if (typeof p === 'number') encoding.writeVarUint(enc, p)
+      else encoding.writeVarString(enc, p)
+    }
+    return encoding.toUint8Array(enc)
+  }
+  // version, replicas, vv, cloud, entries
+  const good = bytes(1, 1, 'a', 1, 0, 2, 0, 1, 'x', 1, 0, 2)
+
+  it.each([
+    ['a valid state', good, null],
+    ['unsorted replicas', bytes(1, 2, 'b', 'a', 2, 0, 1, 1, 1, 0, 0), /ascending/],
+    ['an unreferenced replica', bytes(1, 2, 'a', 'b', 1, 0, 1, 0, 0), /referenced by nothing/],
+    ['a zero vv entry', bytes(1, 1, 'a', 1, 0, 0, 0, 0), /zero/],
+    ['a vv index out of range', bytes(1, 1, 'a', 1, 1, 1, 0, 0), /out of range/],
+    ['a cloud dot that would compact', bytes(1, 1, 'a', 1, 0, 1, 1, 0, 2, 0), /contiguous/],
+    ['a cloud dot the vv covers', bytes(1, 1, 'a', 1, 0, 3, 1, 0, 2, 0), /covered/],
+    ['unsorted cloud', bytes(1, 1, 'a', 0, 2, 0, 5, 0, 3, 0), /ascending/],
+    ['a dot outside the context', bytes(1, 1, 'a', 1, 0, 2, 0, 1, 'x', 1, 0, 3), /outside/],
+    ['an element without dots', bytes(1, 1, 'a', 1, 0, 2, 0, 2, 'x', 0, 'yy', 1, 0, 2), /without dots/],
+    ['unsorted elements', bytes(1, 1, 'a', 1, 0, 2, 0, 2, 'y', 1, 0, 1, 'x', 1, 0, 2), /elements not in ascending/],
+    ['duplicate elements', bytes(1, 1, 'a', 1, 0, 2, 0, 2, 'x', 1, 0, 1, 'x', 1, 0, 2), /elements not in ascending/],
+    ['unsorted dots', bytes(1, 1, 'a', 1, 0, 2, 0, 1, 'x', 2, 0, 2, 0, 1), /dots not in ascending/],
+    ['a dot index out of range', bytes(1, 1, 'a', 1, 0, 2, 0, 1, 'x', 1, 1, 1), /out of range/],
+  ])('decoder: %s', (_name, input, error) => {
+    if (error === null) {
+      const s = decodeState(orset, input)
+      expect(encodeState(orset, s)).toEqual(input)
+      expect(orset.value(s)).toEqual(['x'])
+      return
+    }
+    expect(() => decodeState(orset, input)).toThrow(CrdtDecodeError)
+    expect(() => decodeState(orset, input)).toThrow(error)
+  })
+})
+
+describe('causal context', () => {
+  it('compacts a cloud that becomes contiguous', () => {
+    const cc = emptyContext()
+    expect(ensureReplica(cc, 'a')).toBe(0)
+    expect(addDot(cc, 0, 3)).toBe(true)
+    expect(addDot(cc, 0, 2)).toBe(true)
+    expect(cc.cloud).toEqual([0, 2, 0, 3])
+    expect(addDot(cc, 0, 3)).toBe(false)
+    expect(covers(cc, 0, 1)).toBe(false)
+    expect(addDot(cc, 0, 1)).toBe(true)
+    expect(cc.vv).toEqual([3])
+    expect(cc.cloud).toEqual([])
+    expect(covers(cc, 0, 3)).toBe(true)
+    expect(covers(cc, 0, 4)).toBe(false)
+  })
+
+  it('joins across different replica numberings and reports gains exactly', () => {
+    const x = { ids: ['b', 'a'], vv: [2, 0], cloud: [1, 5] }
+    const y = { ids: ['a', 'c'], vv: [4, 1], cloud: [] as number[] }
+    const map = mapReplicas(x, y)
+    expect(map).toEqual([1, 2])
+    expect(joinContext(x, y, map)).toBe(true)
+    expect(x).toEqual({ ids: ['b', 'a', 'c'], vv: [2, 5, 1], cloud: [] })
+    expect(joinContext(x, y, mapReplicas(x, y))).toBe(false)
+    const z = { ids: ['a'], vv: [0], cloud: [0, 9] }
+    compact(z)
+    expect(joinContext(x, z, mapReplicas(x, z))).toBe(true)
+    expect(x.cloud).toEqual([1, 9])
+  })
+
+  it('builds the compact context of a few dots', () => {
+    const { cc, remap } = contextOf(['x', 'y', 'z'], [2, 5, 0, 2, 0, 1, 2, 5, 0, 4])
+    expect(remap).toEqual([0, -1, 1])
+    expect(cc).toEqual({ ids: ['x', 'z'], vv: [2, 0], cloud: [0, 4, 1, 5] })
+  })
+})
