@@ -1,0 +1,10 @@
+/** The embedding API: what an edge node imports to run speedlayer in-process. */
+export { openNode, NodeError } from './node.js'
+export type { NodeOptions, SpeedNode, ReadResult, ViewSummary, NodeStats } from './node.js'
+export { startServer } from './server/http.js'
+export type { ServerOptions, SpeedServer } from './server/http.js'
+export type { StorageAdapter, WriteOp, KeyRange } from './storage/adapter.js'
+export { memoryAdapter } from './storage/memoryAdapter.js'
+export { openLevelAdapter } from './storage/levelAdapter.js'
+export { StoreError } from './store/viewStore.js'
+export type { ViewDefinition, IngestRule } from './store/definition.js'
