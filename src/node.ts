@@ -57,13 +57,38 @@ export interface ReadResult {
   error?: number
 }
 
+/** One write of `applyMany`. */
+export interface Write {
+  view: string
+  key: string
+  op: unknown
+}
+
+export interface ApplyManyResult {
+  /** Writes refused exactly as `apply` would refuse them (nothing of them changed): index in the list and why. */
+  refused: Array<{ index: number; error: StoreError }>
+  /** Resolves once every write that was applied is durable (the acknowledgement). */
+  durable: Promise<void>
+}
+
 export interface SpeedNode {
   readonly id: string
+  /** Event times (`ts`) further than this many ms ahead of `now()` are refused (--max-drift). */
+  readonly maxDriftMs: number
+  /** The node's wall clock in ms (the `now` option; Date.now by default). */
+  now(): number
   readonly store: ViewStore
   readonly storage: Storage
   readonly recovery: RecoveryReport
   /** Applies an op; resolves with the new value once the write is durable (the acknowledgement). */
   apply(view: string, key: string, op: unknown): Promise<ReadResult>
+  /**
+   * The bulk form of `apply`, for ingest: every write is checked exactly as `apply` checks it and
+   * applied in memory before this returns (so they all share the next group commit); a write that
+   * `apply` would refuse is skipped and listed in `refused`, the others are applied. No value is
+   * computed. Throws NodeError 'overload' or 'closed' before applying anything, like `apply`.
+   */
+  applyMany(writes: readonly Write[]): ApplyManyResult
   read(view: string, key: string): ReadResult
   scan(view: string, opts: { prefix?: string; after?: string; limit?: number }): ScanPage<unknown>
   defineView(name: string, def: unknown): Promise<'created' | 'exists'>
@@ -98,6 +123,8 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
     throw err
   }
 
+  // Own deltas are numbered 1, 2, 3...: replication ships them by (origin, sequence).
+  let seq = storage.logged.get(options.id)
   let clock: Timestamp = ZERO
   const tick = (): OpContext => {
     clock = hlcTick(clock, now())
@@ -118,25 +145,61 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
   let writes = 0
   let closing: Promise<void> | null = null
 
+  const checkDrift = (op: unknown) => {
+    const ts = (op as { ts?: unknown } | null)?.ts
+    if (typeof ts === 'number' && ts > now() + maxDrift) {
+      throw new StoreError('bad_op', `"ts" ${ts} is more than ${maxDrift} ms ahead of this node's clock (--max-drift)`)
+    }
+  }
+
   const readResult = (view: View, value: unknown): ReadResult =>
     view.def.type === 'hll' ? { value, error: standardError(14) } : { value }
 
   const node: SpeedNode = {
     id: options.id,
+    maxDriftMs: maxDrift,
+    now,
     store,
     storage,
     recovery,
     async apply(viewName, key, op) {
       if (closing) throw new NodeError('closed', 'the node is shutting down')
       if (storage.overloaded()) throw new NodeError('overload', 'the write queue is full; retry shortly')
-      const ts = (op as { ts?: unknown } | null)?.ts
-      if (typeof ts === 'number' && ts > now() + maxDrift) {
-        throw new StoreError('bad_op', `"ts" ${ts} is more than ${maxDrift} ms ahead of this node's clock (--max-drift)`)
-      }
+      checkDrift(op)
       const { view, delta, value } = store.apply(viewName, key, op, tick())
-      await storage.append(view, key, delta)
+      await storage.append(view, key, delta, options.id, ++seq)
       writes++
       return readResult(view, value)
+    },
+    applyMany(list) {
+      if (closing) throw new NodeError('closed', 'the node is shutting down')
+      if (storage.overloaded()) throw new NodeError('overload', 'the write queue is full; retry shortly')
+      const refused: ApplyManyResult['refused'] = []
+      let durable: Promise<void> | null = null
+      let applied = 0
+      for (let i = 0; i < list.length; i++) {
+        const w = list[i] as Write
+        let r: { view: View; delta: unknown }
+        try {
+          checkDrift(w.op)
+          r = store.apply(w.view, w.key, w.op, tick(), false)
+        } catch (err) {
+          if (!(err instanceof StoreError)) throw err
+          refused.push({ index: i, error: err })
+          continue
+        }
+        // Appends made in one synchronous run land in one pending batch; awaiting each distinct
+        // batch promise is still right should a flush ever start in between.
+        const p = storage.append(r.view, w.key, r.delta, options.id, ++seq)
+        if (p !== durable) durable = durable === null ? p : Promise.all([durable, p]).then(() => {})
+        applied++
+      }
+      const done = (durable ?? Promise.resolve()).then(() => {
+        writes += applied
+      })
+      // The caller may await it late; a failed batch must not count as an unhandled rejection meanwhile.
+      done.catch(() => {})
+      return { refused, durable: done }
     },
     read(viewName, key) {
       const view = store.view(viewName)

@@ -255,9 +255,13 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
         }
       })
   })
-  server.on('clientError', (_err, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
-    else socket.destroy()
+  // Requests node's parser refuses (raw non-ASCII bytes in the path, bad headers) still get the
+  // contract's JSON error.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    if (!socket.writable) return void socket.destroy()
+    const tooBig = err.code === 'HPE_HEADER_OVERFLOW'
+    const body = JSON.stringify({ error: { code: 'bad_request', message: tooBig ? 'the request headers are too large' : `malformed HTTP request (${err.code ?? err.message}); paths must be ASCII with UTF-8 percent-escaped` } })
+    socket.end(`HTTP/1.1 ${tooBig ? '431 Request Header Fields Too Large' : '400 Bad Request'}\r\nconnection: close\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
   })
   // Lets a shutdown finish promptly instead of waiting for idle keep-alive connections.
   server.keepAliveTimeout = 5_000

@@ -11,6 +11,7 @@
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 import type { ViewStore, View } from '../store/viewStore.js'
+import { VersionVector } from '../replication/versionVector.js'
 import { StorageError, type StorageAdapter, type WriteOp } from './adapter.js'
 import {
   LOG_RANGE,
@@ -43,6 +44,12 @@ export interface StorageOptions {
   compactLogRatio: number
   /** Keys per compaction slice: one LevelDB batch, then the event loop gets a turn. */
   compactSliceKeys: number
+  /**
+   * Log records are kept after compaction while a peer may still need them (see
+   * `setLogRetention`), but never more than this many bytes of them: past it the oldest go, and
+   * a peer that lacked them catches up by anti-entropy instead.
+   */
+  maxRetainedLogBytes: number
 }
 
 export const DEFAULT_STORAGE_OPTIONS: StorageOptions = {
@@ -51,6 +58,7 @@ export const DEFAULT_STORAGE_OPTIONS: StorageOptions = {
   compactMinLogBytes: 1024 * 1024,
   compactLogRatio: 0.5,
   compactSliceKeys: 1024,
+  maxRetainedLogBytes: 64 * 1024 * 1024,
 }
 
 export interface RecoveryReport {
@@ -78,6 +86,39 @@ interface PendingDelta {
   view: View
   key: string
   delta: unknown
+  origin: string
+  seq: number
+  viewNo: number
+}
+
+/** What the log holds, per record, without reading it: which deltas of which origins. */
+export interface RecordSummary {
+  position: number
+  bytes: number
+  /** origin -> [lowest seq, highest seq] in this record. */
+  ranges: Map<string, [number, number]>
+}
+
+/** A durable delta, as replication sees it: handed on once its batch is on disk. */
+export interface DurableDelta {
+  origin: string
+  seq: number
+  view: View
+  key: string
+  delta: unknown
+}
+
+function summarize(position: number, bytes: number, entries: ReadonlyArray<{ origin: string; seq: number }>): RecordSummary {
+  const ranges = new Map<string, [number, number]>()
+  for (const e of entries) {
+    const r = ranges.get(e.origin)
+    if (!r) ranges.set(e.origin, [e.seq, e.seq])
+    else {
+      if (e.seq < r[0]) r[0] = e.seq
+      if (e.seq > r[1]) r[1] = e.seq
+    }
+  }
+  return { position, bytes, ranges }
 }
 
 interface Batch {
@@ -105,6 +146,8 @@ function newBatch(): Batch {
 const scratch = encoding.createEncoder()
 const REPLICA = metaKey('replica')
 const CATALOG = metaKey('catalog')
+/** The version vector of every delta ever logged here, saved whenever log records are deleted. */
+const LOGGED = metaKey('vv')
 const utf8 = new TextEncoder()
 const utf8d = new TextDecoder()
 
@@ -121,6 +164,13 @@ export class Storage {
   private failed: Error | null = null
   private closed = false
   private logBytesSinceCompaction = 0
+  /** Every delta durable here (in snapshots or in the log), by origin and sequence. */
+  readonly logged = new VersionVector()
+  /** The log records still on disk, oldest first. */
+  private readonly records: RecordSummary[] = []
+  private retainedBytes = 0
+  private retention: (r: RecordSummary) => boolean = () => true
+  private readonly durableListeners = new Set<(deltas: DurableDelta[]) => void>()
   private readonly stats: StorageStats = {
     logRecords: 0,
     logBytes: 0,
@@ -170,6 +220,14 @@ export class Storage {
       this.store.loadCatalog(state, saved.numbers, saved.nextNo)
     }
 
+    const savedVv = await this.adapter.get(LOGGED)
+    if (savedVv !== undefined) {
+      try {
+        this.logged.merge(VersionVector.decode(decoding.createDecoder(unseal(savedVv))))
+      } catch (err) {
+        throw new StorageError('corrupt', `the saved version vector is corrupt (${(err as Error).message})`)
+      }
+    }
     const staleViews = new Set<number>()
     let liveBytes = 0
     for await (const chunk of this.adapter.scan(SNAPSHOT_RANGE)) {
@@ -210,7 +268,10 @@ export class Storage {
         this.stats.logRecords++
         this.stats.logBytes += v.length
         this.logBytesSinceCompaction += v.length
+        this.records.push(summarize(position, v.length, entries))
+        this.retainedBytes += v.length
         for (const e of entries) {
+          this.logged.add(e.origin, e.seq)
           const view = this.store.viewByNo(e.viewNo)
           if (!view) continue
           let delta: unknown
@@ -242,12 +303,12 @@ export class Storage {
   }
 
   /** Queues a delta for the next group commit; resolves once it is durable. */
-  append(view: View, key: string, delta: unknown): Promise<void> {
+  append(view: View, key: string, delta: unknown, origin: string, seq: number): Promise<void> {
     if (this.failed) return Promise.reject(this.failed)
     if (this.closed) return Promise.reject(new StorageError('closed', 'the node is shutting down'))
     // Deltas are encoded at flush time, into the record itself: no encoder per write.
     const b = this.pending
-    b.entries.push({ view, key, delta })
+    b.entries.push({ view, key, delta, origin, seq, viewNo: view.no })
     b.bytes += key.length + 32
     this.markDirty(view.no, key)
     this.schedule()
@@ -308,10 +369,8 @@ export class Storage {
     const ops: WriteOp[] = []
     let recordBytes = 0
     if (b.entries.length > 0) {
-      const record = encodeLogRecord(b.entries.length, (enc, i) => {
+      const record = encodeLogRecord(b.entries, (enc, i) => {
         const e = b.entries[i] as PendingDelta
-        encoding.writeVarUint(enc, e.view.no)
-        encoding.writeVarString(enc, e.key)
         scratch.cpos = 0
         scratch.bufs.length = 0
         e.view.type.encode(scratch, e.delta)
@@ -328,8 +387,15 @@ export class Storage {
         this.stats.logRecords++
         this.stats.logBytes += recordBytes
         this.logBytesSinceCompaction += recordBytes
+        this.records.push(summarize(this.position, recordBytes, b.entries))
+        this.retainedBytes += recordBytes
+        for (const e of b.entries) this.logged.add(e.origin, e.seq)
       }
       b.resolve()
+      if (b.entries.length > 0 && this.durableListeners.size > 0) {
+        const deltas: DurableDelta[] = b.entries.map((e) => ({ origin: e.origin, seq: e.seq, view: e.view, key: e.key, delta: e.delta }))
+        for (const l of this.durableListeners) l(deltas)
+      }
     } catch (err) {
       // Memory already holds these writes and the disk does not: the node can no longer promise
       // durability, so every later write is refused until it restarts and recovers from disk.
@@ -400,10 +466,7 @@ export class Storage {
         this.stats.snapshotWrites += slice.length
         await this.enqueueRaw(slice)
       }
-      if (through > 0) {
-        await this.adapter.clear(logRangeThrough(through))
-        await this.adapter.compact(logRangeThrough(through))
-      }
+      await this.dropLogThrough(through)
       if (sampledKeys > 0) this.stats.liveBytesEstimate = (sampledBytes / sampledKeys) * this.store.keyCount()
       this.stats.compactions++
       // Overwritten snapshots linger in LevelDB's older levels; rewrite the region now and then.
@@ -413,6 +476,68 @@ export class Storage {
     } finally {
       this.stats.compacting = false
       this.stats.lastCompactionMs = performance.now() - t0
+    }
+  }
+
+  /**
+   * Deletes the folded log records up to `through` that no peer needs any more (or that are
+   * past the retention bound). The version vector is saved first: it must outlive the records.
+   */
+  private async dropLogThrough(through: number): Promise<void> {
+    let n = 0
+    let bytes = this.retainedBytes
+    for (const r of this.records) {
+      if (r.position > through) break
+      if (!this.retention(r) && bytes <= this.options.maxRetainedLogBytes) break
+      bytes -= r.bytes
+      n++
+    }
+    if (n === 0) return
+    const last = (this.records[n - 1] as RecordSummary).position
+    const enc = encoding.createEncoder()
+    this.logged.encode(enc)
+    await this.enqueueRaw([{ type: 'put', key: LOGGED, value: seal(encoding.toUint8Array(enc)) }])
+    await this.adapter.clear(logRangeThrough(last))
+    this.records.splice(0, n)
+    this.retainedBytes = bytes
+    await this.adapter.compact(logRangeThrough(last))
+  }
+
+  /** Says which log records a peer may still need; records it keeps are not deleted (within the bound). */
+  setLogRetention(canDrop: (r: RecordSummary) => boolean): void {
+    this.retention = canDrop
+  }
+
+  /** Called with the deltas of every batch once it is durable (replication ships only durable deltas). */
+  onDurable(listener: (deltas: DurableDelta[]) => void): () => void {
+    this.durableListeners.add(listener)
+    return () => this.durableListeners.delete(listener)
+  }
+
+  /** The lowest sequence of `origin` the log can still serve; below it a peer needs anti-entropy. */
+  lowWater(origin: string): number {
+    for (const r of this.records) {
+      const range = r.ranges.get(origin)
+      if (range) return range[0]
+    }
+    return this.logged.get(origin) + 1
+  }
+
+  retainedLog(): { records: number; bytes: number } {
+    return { records: this.records.length, bytes: this.retainedBytes }
+  }
+
+  /**
+   * The logged deltas that `want` accepts, oldest first, a record at a time. Records whose
+   * summary shows nothing wanted are not read at all.
+   */
+  async *readLog(want: (origin: string, seq: number) => boolean): AsyncGenerator<LogEntry[]> {
+    const positions = this.records.filter((r) => [...r.ranges].some(([o, [lo, hi]]) => want(o, hi) || want(o, lo))).map((r) => r.position)
+    for (const position of positions) {
+      const v = await this.adapter.get(logKey(position))
+      if (v === undefined) continue // deleted by a compaction meanwhile
+      const entries = decodeLogRecord(v).filter((e) => want(e.origin, e.seq))
+      if (entries.length > 0) yield entries
     }
   }
 

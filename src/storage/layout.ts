@@ -99,40 +99,67 @@ export function unseal(value: Uint8Array): Uint8Array {
   return body
 }
 
-/** One delta of a log record: which key of which view, and the encoded delta state. */
+/**
+ * One delta of a log record: its origin replica and that origin's sequence number (what
+ * replication ships and version vectors count), which key of which view, and the encoded delta.
+ */
 export interface LogEntry {
+  origin: string
+  seq: number
   viewNo: number
   key: string
   delta: Uint8Array
 }
 
 /**
- * A log record of `count` entries; `writeEntry` writes entry i as viewNo (varUint), key
- * (varString), delta (varUint8Array), which lets the engine encode deltas straight into the record.
+ * A log record: an origin table (distinct replica ids in first-use order), then `count` entries
+ * of originIndex, seq, viewNo (varUints), key (varString), delta (varUint8Array). `writeDelta`
+ * writes entry i's delta bytes, which lets the engine encode deltas straight into the record.
  */
-export function encodeLogRecord(count: number, writeEntry: (enc: encoding.Encoder, i: number) => void): Uint8Array {
+export function encodeLogRecord(
+  entries: ReadonlyArray<{ origin: string; seq: number; viewNo: number; key: string }>,
+  writeDelta: (enc: encoding.Encoder, i: number) => void,
+): Uint8Array {
+  const origins: string[] = []
+  const index = new Map<string, number>()
+  for (const e of entries) {
+    if (!index.has(e.origin)) {
+      index.set(e.origin, origins.length)
+      origins.push(e.origin)
+    }
+  }
   const enc = encoding.createEncoder()
-  encoding.writeVarUint(enc, count)
-  for (let i = 0; i < count; i++) writeEntry(enc, i)
+  encoding.writeVarUint(enc, origins.length)
+  for (const o of origins) encoding.writeVarString(enc, o)
+  encoding.writeVarUint(enc, entries.length)
+  entries.forEach((e, i) => {
+    encoding.writeVarUint(enc, index.get(e.origin) as number)
+    encoding.writeVarUint(enc, e.seq)
+    encoding.writeVarUint(enc, e.viewNo)
+    encoding.writeVarString(enc, e.key)
+    writeDelta(enc, i)
+  })
   return seal(encoding.toUint8Array(enc))
-}
-
-export function writeLogEntry(enc: encoding.Encoder, e: LogEntry): void {
-  encoding.writeVarUint(enc, e.viewNo)
-  encoding.writeVarString(enc, e.key)
-  encoding.writeVarUint8Array(enc, e.delta)
 }
 
 export function decodeLogRecord(value: Uint8Array): LogEntry[] {
   const dec = decoding.createDecoder(unseal(value))
   try {
-    const n = readCount(dec, 'log record', 3)
+    const no = readCount(dec, 'log record', 2)
+    const origins: string[] = []
+    for (let i = 0; i < no; i++) origins.push(readString(dec, 'log record'))
+    const n = readCount(dec, 'log record', 5)
     const out: LogEntry[] = []
     for (let i = 0; i < n; i++) {
-      out.push({ viewNo: readUint(dec, 'log record'), key: readString(dec, 'log record'), delta: readBytes(dec, 'log record') })
+      const oi = readUint(dec, 'log record')
+      const origin = origins[oi]
+      if (origin === undefined) throw new LayoutError(`origin index ${oi} out of range`)
+      out.push({ origin, seq: readUint(dec, 'log record'), viewNo: readUint(dec, 'log record'), key: readString(dec, 'log record'), delta: readBytes(dec, 'log record') })
     }
+    if (decoding.hasContent(dec)) throw new LayoutError('trailing bytes')
     return out
   } catch (err) {
+    if (err instanceof LayoutError) throw err
     throw new LayoutError((err as Error).message)
   }
 }

@@ -192,8 +192,12 @@ export class ViewStore {
     return this.views().map((v) => ({ name: v.name, defJson: v.defJson, no: v.no }))
   }
 
-  /** Validates and applies an op; returns the delta and the new value. Nothing changes when it throws. */
-  apply(viewName: string, key: string, rawOp: unknown, ctx: OpContext): { view: View; delta: unknown; value: unknown } {
+  /**
+   * Validates and applies an op; returns the delta and the new value. Nothing changes when it throws.
+   * `withValue` false skips computing the value (undefined then): bulk ingest never reads it, and
+   * for a large set or a dense sketch it costs far more than the op itself.
+   */
+  apply(viewName: string, key: string, rawOp: unknown, ctx: OpContext, withValue = true): { view: View; delta: unknown; value: unknown } {
     const view = this.view(viewName)
     const bad = checkName(key, 'a key')
     if (bad) throw new StoreError('bad_key', bad)
@@ -217,7 +221,7 @@ export class ViewStore {
     }
     if (fresh) view.states.set(key, state)
     this.emit({ kind: 'value', view, key, delta, local: true })
-    return { view, delta, value: view.type.value(state) }
+    return { view, delta, value: withValue ? view.type.value(state) : undefined }
   }
 
   /** Joins a state or delta into a key of a view; returns true if it changed. */
