@@ -13,6 +13,10 @@ import { Storage, type RecoveryReport, type StorageOptions, type StorageStats } 
 import type { StorageAdapter } from './storage/adapter.js'
 import { openLevelAdapter } from './storage/levelAdapter.js'
 import { memoryAdapter } from './storage/memoryAdapter.js'
+import { Replicator, type PeerInfo, type ReplicationStats, type ReplicatorOptions } from './replication/replicator.js'
+import { Dialer, PeerServer } from './replication/wsTransport.js'
+import type { IncomingMessage } from 'node:http'
+import type { Duplex } from 'node:stream'
 
 export interface NodeOptions {
   /** The replica id: persisted in the data directory, which then refuses any other. */
@@ -32,6 +36,14 @@ export interface NodeOptions {
   now?: () => number
   /** Where log lines go (the CLI passes stderr). */
   log?: (line: string) => void
+  /** Peer URLs to dial (ws://HOST:PORT/peer); the node accepts whoever dials it too. */
+  peers?: string[]
+  /** Shared secret every peer must prove before any data moves. */
+  secret?: string
+  maxBackoffMs?: number
+  /** Largest peer message accepted. */
+  maxPeerPayload?: number
+  replication?: Partial<Omit<ReplicatorOptions, 'secret' | 'setTimer'>>
 }
 
 export class NodeError extends Error {
@@ -95,8 +107,21 @@ export interface SpeedNode {
   views(): ViewSummary[]
   subscribe(listener: StoreListener): () => void
   stats(): NodeStats
+  readonly replication: NodeReplication
   /** Flushes what is queued and closes the storage. Idempotent. */
   close(): Promise<void>
+}
+
+export interface NodeReplication {
+  readonly replicator: Replicator
+  /** Hands a WebSocket upgrade request for /peer to the peer protocol. */
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void
+  peers(): PeerInfo[]
+  /** Cuts the link to a peer and keeps it cut; false if this node never saw that replica. */
+  disconnect(replica: string): boolean
+  /** Lets a cut peer connect again (and redials it); false if never seen. */
+  connect(replica: string): boolean
+  stats(): ReplicationStats
 }
 
 export interface NodeStats {
@@ -142,6 +167,34 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
     if (ev.replaced) storage.dropView(ev.replaced.no)
   })
 
+  const replicator = new Replicator(
+    { id: options.id, store, storage, now, log, saveCatalog },
+    {
+      ...options.replication,
+      secret: options.secret,
+      setTimer: (ms, fn) => {
+        const t = setTimeout(fn, ms)
+        t.unref()
+        return () => clearTimeout(t)
+      },
+    },
+  )
+  const transportOptions = { maxPayload: options.maxPeerPayload ?? 16 * 1024 * 1024, maxBackoffMs: options.maxBackoffMs ?? 2000, minBackoffMs: 50, log }
+  const peerServer = new PeerServer(replicator, transportOptions)
+  const dialer = new Dialer(replicator, options.peers ?? [], transportOptions)
+  const replication: NodeReplication = {
+    replicator,
+    handleUpgrade: (req, socket, head) => peerServer.handleUpgrade(req, socket, head),
+    peers: () => replicator.peers(dialer.urls()),
+    disconnect: (replica) => replicator.block(replica),
+    connect(replica) {
+      if (!replicator.restore(replica)) return false
+      for (const url of dialer.urls()) if (replicator.replicaAt(url) === replica) dialer.poke(url)
+      return true
+    },
+    stats: () => replicator.stats,
+  }
+
   let writes = 0
   let closing: Promise<void> | null = null
 
@@ -175,7 +228,7 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
       if (closing) throw new NodeError('closed', 'the node is shutting down')
       if (storage.overloaded()) throw new NodeError('overload', 'the write queue is full; retry shortly')
       const refused: ApplyManyResult['refused'] = []
-      let durable: Promise<void> | null = null
+      const batches: Promise<void>[] = []
       let applied = 0
       for (let i = 0; i < list.length; i++) {
         const w = list[i] as Write
@@ -191,10 +244,10 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
         // Appends made in one synchronous run land in one pending batch; awaiting each distinct
         // batch promise is still right should a flush ever start in between.
         const p = storage.append(r.view, w.key, r.delta, options.id, ++seq)
-        if (p !== durable) durable = durable === null ? p : Promise.all([durable, p]).then(() => {})
+        if (p !== batches[batches.length - 1]) batches.push(p)
         applied++
       }
-      const done = (durable ?? Promise.resolve()).then(() => {
+      const done = Promise.all(batches).then(() => {
         writes += applied
       })
       // The caller may await it late; a failed batch must not count as an unhandled rejection meanwhile.
@@ -218,6 +271,7 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
       return store.views().map((v) => ({ name: v.name, type: v.def.type, def: v.def, keys: v.states.size }))
     },
     subscribe: (listener) => store.subscribe(listener),
+    replication,
     stats() {
       return {
         writes,
@@ -228,7 +282,12 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
       }
     },
     close() {
-      closing ??= storage.close()
+      closing ??= (async () => {
+        dialer.stop()
+        replicator.close()
+        peerServer.close()
+        await storage.close()
+      })()
       return closing
     },
   }
@@ -239,5 +298,6 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
     await node.close()
     throw err
   }
+  dialer.start()
   return node
 }

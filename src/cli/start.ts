@@ -104,12 +104,19 @@ export interface RunningNode {
 export async function runNode(cfg: StartConfig, log: (line: string) => void): Promise<RunningNode> {
   const views = cfg.viewsFile ? await readViewsFile(cfg.viewsFile) : undefined
   await mkdir(cfg.data, { recursive: true })
-  const node = await openNode({ id: cfg.id, dataDir: cfg.data, views, fsync: cfg.fsync, maxDriftMs: cfg.maxDriftMs, log })
+  const node = await openNode({
+    id: cfg.id,
+    dataDir: cfg.data,
+    views,
+    fsync: cfg.fsync,
+    maxDriftMs: cfg.maxDriftMs,
+    log,
+    peers: cfg.peers,
+    secret: cfg.secret,
+    maxBackoffMs: cfg.maxBackoffMs,
+  })
   if (node.recovery.records > 0 || node.recovery.snapshots > 0) {
     log(`recovered ${node.recovery.snapshots} snapshots and ${node.recovery.records} log records in ${node.recovery.ms.toFixed(0)} ms`)
-  }
-  if (cfg.peers.length > 0 || cfg.secret !== undefined) {
-    log('warning: this build does not replicate yet; --peers and --secret are accepted and ignored')
   }
   let server: SpeedServer
   try {

@@ -59,11 +59,14 @@ function readTime(event: Record<string, unknown>, field: string, now: number, ma
   return t
 }
 
-/** ISO start of the bucket holding `t`; undefined if it is out of Date's range. */
-function bucketStart(t: number, sizeMs: number): string | undefined {
-  const d = new Date(Math.floor(t / sizeMs) * sizeMs)
+/** ISO start of bucket number `n`; undefined if it is out of Date's range. */
+function bucketStart(n: number, sizeMs: number): string | undefined {
+  const d = new Date(n * sizeMs)
   return Number.isNaN(d.getTime()) ? undefined : d.toISOString()
 }
+
+/** Events come in bursts of one bucket: formatting a Date per event would cost more than the op. */
+const BUCKET_CACHE_MAX = 4096
 
 type ValueFn = (event: Record<string, unknown>, ts: number | undefined) => IngestOp | string
 
@@ -127,6 +130,7 @@ export function compileRule(def: ViewDefinition, opts: RuleOptions): CompiledRul
   const value = valueFn(def.type, rule)
   // Only lwwmap ops carry an event time; counters, sets and sketches have no use for it.
   const stamps = def.type === 'lwwmap' && timeField !== undefined
+  const buckets = new Map<number, string | undefined>()
 
   return (event, now) => {
     for (const [f, v] of where) {
@@ -151,7 +155,13 @@ export function compileRule(def: ViewDefinition, opts: RuleOptions): CompiledRul
     if (bucketField !== undefined) {
       const t = bucketField === timeField ? (ts as number) : readTime(event, bucketField, now, maxDrift)
       if (typeof t === 'string') return { reject: t }
-      const start = bucketStart(t, bucketMs)
+      const n = Math.floor(t / bucketMs)
+      let start = buckets.get(n)
+      if (start === undefined) {
+        start = bucketStart(n, bucketMs)
+        if (buckets.size >= BUCKET_CACHE_MAX) buckets.clear()
+        buckets.set(n, start)
+      }
       if (start === undefined) return { reject: `time field "${bucketField}" (${t}) is outside the dates a bucket can name` }
       key = `${key}|${start}`
     }

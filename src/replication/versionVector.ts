@@ -32,6 +32,15 @@ export class VersionVector {
     return this.m.get(origin)?.max ?? 0
   }
 
+  /** The highest sequence seen of `origin`, contiguous or not. */
+  max(origin: string): number {
+    const e = this.m.get(origin)
+    if (!e) return 0
+    let m = e.max
+    if (e.extra) for (const s of e.extra) if (s > m) m = s
+    return m
+  }
+
   covers(origin: string, seq: number): boolean {
     const e = this.m.get(origin)
     if (!e) return false
@@ -86,8 +95,12 @@ export class VersionVector {
   /** True if every delta this vector holds is also in `other`. */
   isCoveredBy(other: VersionVector): boolean {
     for (const [o, e] of this.m) {
-      if (other.get(o) >= e.max && e.extra === null) continue
-      for (let s = other.get(o) + 1; s <= e.max; s++) if (!other.covers(o, s)) return false
+      const theirs = other.m.get(o)
+      const base = theirs?.max ?? 0
+      if (base >= e.max && e.extra === null) continue
+      // The gap base+1..e.max can only be covered by the other's extras: count before walking.
+      if (e.max - base > (theirs?.extra?.size ?? 0)) return false
+      for (let s = base + 1; s <= e.max; s++) if (!other.covers(o, s)) return false
       if (e.extra) for (const s of e.extra) if (!other.covers(o, s)) return false
     }
     return true

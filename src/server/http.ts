@@ -11,6 +11,8 @@ import { checkName } from '../store/definition.js'
 import { StorageError } from '../storage/adapter.js'
 import { createMetrics, type ServerMetrics } from './metrics.js'
 import { dashboardPage } from './dashboard.js'
+import { ingestNdjson } from '../ingest/ingest.js'
+import { NdjsonError } from '../ingest/ndjson.js'
 
 export interface ServerOptions {
   host: string
@@ -165,6 +167,18 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
         res.end(text)
         return
       }
+      case 'ingest': {
+        ctx.route = '/ingest'
+        if (segs.length !== 1) break
+        if (method !== 'POST') throw methodNotAllowed('POST')
+        authorize(ctx, true)
+        try {
+          return send(res, 200, await ingestNdjson(node, req, { maxLineBytes: opts.maxBody }))
+        } catch (err) {
+          if (err instanceof NdjsonError) throw new HttpError(err.status, err.code, err.message, err.status === 503 ? { 'retry-after': '5' } : {})
+          throw err
+        }
+      }
       case 'views': {
         if (a === undefined || (a === '' && segs.length === 2)) {
           ctx.route = '/views'
@@ -207,6 +221,27 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
         if (method !== 'GET') throw methodNotAllowed('GET, POST')
         authorize(ctx, false)
         return send(res, 200, node.read(a, b))
+      }
+      case 'peers': {
+        if (a === undefined) {
+          ctx.route = '/peers'
+          if (segs.length !== 1) break
+          if (method !== 'GET') throw methodNotAllowed('GET')
+          authorize(ctx, false)
+          return send(
+            res,
+            200,
+            node.replication.peers().map((p) => ({ replica: p.replica, url: p.url, connected: p.connected, lagOps: p.lagOps, lagMs: p.lagMs, lastSeen: p.lastSeen, bytesIn: p.bytesIn, bytesOut: p.bytesOut, blocked: p.blocked })),
+          )
+        }
+        if (b !== 'disconnect' && b !== 'connect') break
+        if (rest.length > 0) break
+        ctx.route = `/peers/:replica/${b}`
+        if (method !== 'POST') throw methodNotAllowed('POST')
+        authorize(ctx, true)
+        const ok = b === 'disconnect' ? node.replication.disconnect(a) : node.replication.connect(a)
+        if (!ok) throw new HttpError(404, 'unknown_peer', `this node has never seen a peer named "${a}"; see GET /peers`)
+        return send(res, 200, { replica: a, connected: b === 'connect' ? node.replication.replicator.isConnected(a) : false, blocked: b === 'disconnect' })
       }
       default: {
         if (method === 'GET' && !isApiRoot(first)) {
@@ -257,6 +292,14 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
   })
   // Requests node's parser refuses (raw non-ASCII bytes in the path, bad headers) still get the
   // contract's JSON error.
+  server.on('upgrade', (req, socket, head) => {
+    const path = (req.url ?? '/').split('?')[0]
+    if (path === '/peer') {
+      node.replication.handleUpgrade(req, socket, head)
+      return
+    }
+    socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
+  })
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
     if (!socket.writable) return void socket.destroy()
     const tooBig = err.code === 'HPE_HEADER_OVERFLOW'

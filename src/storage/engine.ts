@@ -111,6 +111,7 @@ export interface DurableDelta {
 function summarize(position: number, bytes: number, entries: ReadonlyArray<{ origin: string; seq: number }>): RecordSummary {
   const ranges = new Map<string, [number, number]>()
   for (const e of entries) {
+    if (e.origin === NO_ORIGIN) continue
     const r = ranges.get(e.origin)
     if (!r) ranges.set(e.origin, [e.seq, e.seq])
     else {
@@ -142,12 +143,17 @@ function newBatch(): Batch {
   return { entries: [], raw: [], bytes: 0, done, resolve, reject }
 }
 
+/** The origin of a logged state that has no identity of its own (catch-up, anti-entropy). */
+export const NO_ORIGIN = ''
+
 /** Reused for every delta of a flush; lib0 encoders are reset by clearing their buffers. */
 const scratch = encoding.createEncoder()
 const REPLICA = metaKey('replica')
 const CATALOG = metaKey('catalog')
 /** The version vector of every delta ever logged here, saved whenever log records are deleted. */
 const LOGGED = metaKey('vv')
+/** Per origin, the lowest sequence the log can still serve (below it: deleted, or never logged). */
+const SERVABLE = metaKey('servable')
 const utf8 = new TextEncoder()
 const utf8d = new TextDecoder()
 
@@ -169,6 +175,7 @@ export class Storage {
   /** The log records still on disk, oldest first. */
   private readonly records: RecordSummary[] = []
   private retainedBytes = 0
+  private readonly servable = new Map<string, number>()
   private retention: (r: RecordSummary) => boolean = () => true
   private readonly durableListeners = new Set<(deltas: DurableDelta[]) => void>()
   private readonly stats: StorageStats = {
@@ -228,6 +235,15 @@ export class Storage {
         throw new StorageError('corrupt', `the saved version vector is corrupt (${(err as Error).message})`)
       }
     }
+    const savedServable = await this.adapter.get(SERVABLE)
+    if (savedServable !== undefined) {
+      try {
+        const vv = VersionVector.decode(decoding.createDecoder(unseal(savedServable)))
+        for (const o of vv.origins()) this.servable.set(o, vv.get(o))
+      } catch (err) {
+        throw new StorageError('corrupt', `the saved log bounds are corrupt (${(err as Error).message})`)
+      }
+    }
     const staleViews = new Set<number>()
     let liveBytes = 0
     for await (const chunk of this.adapter.scan(SNAPSHOT_RANGE)) {
@@ -271,7 +287,7 @@ export class Storage {
         this.records.push(summarize(position, v.length, entries))
         this.retainedBytes += v.length
         for (const e of entries) {
-          this.logged.add(e.origin, e.seq)
+          if (e.origin !== NO_ORIGIN) this.logged.add(e.origin, e.seq)
           const view = this.store.viewByNo(e.viewNo)
           if (!view) continue
           let delta: unknown
@@ -389,11 +405,12 @@ export class Storage {
         this.logBytesSinceCompaction += recordBytes
         this.records.push(summarize(this.position, recordBytes, b.entries))
         this.retainedBytes += recordBytes
-        for (const e of b.entries) this.logged.add(e.origin, e.seq)
+        for (const e of b.entries) if (e.origin !== NO_ORIGIN) this.logged.add(e.origin, e.seq)
       }
       b.resolve()
       if (b.entries.length > 0 && this.durableListeners.size > 0) {
-        const deltas: DurableDelta[] = b.entries.map((e) => ({ origin: e.origin, seq: e.seq, view: e.view, key: e.key, delta: e.delta }))
+        const deltas: DurableDelta[] = []
+        for (const e of b.entries) if (e.origin !== NO_ORIGIN) deltas.push({ origin: e.origin, seq: e.seq, view: e.view, key: e.key, delta: e.delta })
         for (const l of this.durableListeners) l(deltas)
       }
     } catch (err) {
@@ -494,9 +511,10 @@ export class Storage {
     }
     if (n === 0) return
     const last = (this.records[n - 1] as RecordSummary).position
-    const enc = encoding.createEncoder()
-    this.logged.encode(enc)
-    await this.enqueueRaw([{ type: 'put', key: LOGGED, value: seal(encoding.toUint8Array(enc)) }])
+    for (let i = 0; i < n; i++) {
+      for (const [o, [, hi]] of (this.records[i] as RecordSummary).ranges) this.raiseServable(o, hi + 1)
+    }
+    await this.saveVectors()
     await this.adapter.clear(logRangeThrough(last))
     this.records.splice(0, n)
     this.retainedBytes = bytes
@@ -516,11 +534,38 @@ export class Storage {
 
   /** The lowest sequence of `origin` the log can still serve; below it a peer needs anti-entropy. */
   lowWater(origin: string): number {
-    for (const r of this.records) {
-      const range = r.ranges.get(origin)
-      if (range) return range[0]
-    }
-    return this.logged.get(origin) + 1
+    return this.servable.get(origin) ?? 1
+  }
+
+  private raiseServable(origin: string, from: number): void {
+    if (from > (this.servable.get(origin) ?? 1)) this.servable.set(origin, from)
+  }
+
+  private saveVectors(): Promise<void> {
+    const a = encoding.createEncoder()
+    this.logged.encode(a)
+    const b = encoding.createEncoder()
+    VersionVector.from(this.servable).encode(b)
+    return this.enqueueRaw([
+      { type: 'put', key: LOGGED, value: seal(encoding.toUint8Array(a)) },
+      { type: 'put', key: SERVABLE, value: seal(encoding.toUint8Array(b)) },
+    ])
+  }
+
+  /** Queues a state that has no identity of its own (from catch-up or anti-entropy). */
+  appendState(view: View, key: string, state: unknown): Promise<void> {
+    return this.append(view, key, state, NO_ORIGIN, 0)
+  }
+
+  /**
+   * Records that the deltas `covers` names are held here although the log does not list them
+   * (they came folded into states): they count as delivered, and the log cannot serve them.
+   * Resolves once that is durable, after every state queued before it.
+   */
+  markDelivered(covers: VersionVector): Promise<void> {
+    this.logged.merge(covers)
+    for (const o of covers.origins()) this.raiseServable(o, covers.max(o) + 1)
+    return this.saveVectors()
   }
 
   retainedLog(): { records: number; bytes: number } {
@@ -533,10 +578,11 @@ export class Storage {
    */
   async *readLog(want: (origin: string, seq: number) => boolean): AsyncGenerator<LogEntry[]> {
     const positions = this.records.filter((r) => [...r.ranges].some(([o, [lo, hi]]) => want(o, hi) || want(o, lo))).map((r) => r.position)
+    const wanted = (e: LogEntry) => e.origin !== NO_ORIGIN && want(e.origin, e.seq)
     for (const position of positions) {
       const v = await this.adapter.get(logKey(position))
       if (v === undefined) continue // deleted by a compaction meanwhile
-      const entries = decodeLogRecord(v).filter((e) => want(e.origin, e.seq))
+      const entries = decodeLogRecord(v).filter(wanted)
       if (entries.length > 0) yield entries
     }
   }

@@ -127,7 +127,7 @@ export class ViewStore {
     return true
   }
 
-  catalog(): unknown {
+  catalog(): LWWMapState {
     return this.catalogState
   }
 
