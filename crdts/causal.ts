@@ -18,8 +18,9 @@
  *
  * Memory: a realtime view holds millions of contexts, so arrays are kept at their exact length.
  * `ids` and `cloud` are never mutated, only replaced (they change rarely: a new replica, a dot
- * received out of order), which also lets every empty cloud be one shared frozen array; `vv` is
- * updated in place, since every local add bumps it, and replaced only when it grows.
+ * received out of order), which lets contexts share them: every empty cloud is one frozen array
+ * and replica tables are interned (`internIds`); `vv` is updated in place, since every local add
+ * bumps it, and replaced only when it grows.
  *
  * Pure and generic: the replication layer can use the same structure as a version vector of
  * delivered deltas (a cloud then records deltas received out of order).
@@ -66,10 +67,29 @@ export function replicaIndex(cc: CausalContext, id: string): number {
 export function ensureReplica(cc: CausalContext, id: string): number {
   const i = replicaIndex(cc, id)
   if (i >= 0) return i
+  cc.ids = internIds(cc.ids.concat(id))
   // concat allocates the exact length; a spread or push would leave 16 spare slots per key
-  cc.ids = cc.ids.concat(id)
   cc.vv = cc.vv.concat(0)
   return cc.ids.length - 1
+}
+
+const INTERNED_MAX = 4096
+const interned = new Map<string, readonly string[]>()
+
+/**
+ * One shared frozen copy of each replica table: tables are immutable and the keys of a view are
+ * written by the same few replicas, so millions of contexts share a handful of tables instead of
+ * holding one array each. Purely a memory saving (the result equals the input); past
+ * INTERNED_MAX distinct tables new ones are just frozen, so the cache stays bounded.
+ */
+export function internIds(ids: readonly string[]): readonly string[] {
+  if (ids.length === 0) return NO_IDS
+  const key = JSON.stringify(ids)
+  const hit = interned.get(key)
+  if (hit !== undefined) return hit
+  const table = Object.isFrozen(ids) ? ids : Object.freeze(ids.slice())
+  if (interned.size < INTERNED_MAX) interned.set(key, table)
+  return table
 }
 
 /** True if the dot (r, n) has been seen. */
@@ -251,9 +271,14 @@ export function joinContext(into: CausalContext, other: CausalContext, map: read
   for (let k = 0; k < oc.length; k += 2) {
     const r = map[oc[k] as number] as number
     const n = oc[k + 1] as number
-    if (n > (into.vv[r] as number) && insertCloud(into, r, n)) changed = true
+    const v = into.vv[r] as number
+    if (n <= v) continue
+    // the usual delta: the next dot of its replica, no cloud needed
+    if (n === v + 1) into.vv[r] = n
+    else if (!insertCloud(into, r, n)) continue
+    changed = true
   }
-  if (changed) compact(into)
+  if (changed && into.cloud.length > 0) compact(into)
   return changed
 }
 
@@ -317,8 +342,7 @@ export function rankedPairs(pairs: readonly number[], rank: readonly number[]): 
  * out of range, unsorted, duplicated, covered by or contiguous with the vv; unreferenced replicas.
  */
 export function decodeContext(dec: decoding.Decoder, type: string): CausalContext {
-  const read = readSortedStrings(dec, type, 'replicas')
-  const ids = read.length === 0 ? NO_IDS : read.slice() // exact length: the list was pushed
+  const ids = internIds(readSortedStrings(dec, type, 'replicas'))
   const vv = new Array<number>(ids.length).fill(0)
   const referenced = new Array<boolean>(ids.length).fill(false)
   const nv = readCount(dec, type, 2)

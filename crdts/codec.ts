@@ -130,3 +130,15 @@ export function stateEquals<S>(type: CrdtType<S, unknown, unknown>, a: S, b: S):
   for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false
   return true
 }
+
+/** One byte; lib0's readUint8 returns undefined past the end instead of throwing. */
+export function readByte(dec: decoding.Decoder, type: string): number {
+  if (remaining(dec) < 1) fail(dec, type, 'unexpected end of input')
+  return decoding.readUint8(dec)
+}
+
+/** A little-endian uint32, bounds-checked. */
+export function readU32(dec: decoding.Decoder, type: string): number {
+  if (remaining(dec) < 4) fail(dec, type, 'unexpected end of input')
+  return decoding.readUint32(dec)
+}

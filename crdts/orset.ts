@@ -58,7 +58,11 @@ import {
   type CausalContext,
 } from './causal.js'
 
-/** One dot packed as `counter * PACK + index`, or flat (index, counter) pairs. */
+/**
+ * One dot packed as `counter * PACK + index`, or flat (index, counter) pairs. Unpacking divides
+ * and floors (exact: PACK is a power of two) rather than using `%`, which on a double (counters
+ * past 2^23) is a slow fmod call.
+ */
 export type Dots = number | number[]
 
 export interface ORSetState extends CausalContext {
@@ -85,8 +89,8 @@ function one(r: number, n: number): Dots {
 /** The dots as flat pairs; an array form is returned as is, so callers must not mutate it. */
 function pairsOf(d: Dots): readonly number[] {
   if (typeof d !== 'number') return d
-  const r = d % PACK
-  return [r, (d - r) / PACK]
+  const n = Math.floor(d / PACK)
+  return [d - n * PACK, n]
 }
 
 /** Canonical in-memory form of a pair list (`pairs` becomes owned by the result). */
@@ -155,8 +159,8 @@ function normalised(elems: string[]): string[] {
 
 function pushPairs(out: number[], d: Dots): void {
   if (typeof d === 'number') {
-    const r = d % PACK
-    out.push(r, (d - r) / PACK)
+    const n = Math.floor(d / PACK)
+    out.push(d - n * PACK, n)
   } else for (const x of d) out.push(x)
 }
 
@@ -213,8 +217,8 @@ function addOne(state: ORSetState, e: string, replica: string): ORSetState {
   // lone counter is a cloud dot.
   if (old === undefined) return withContext({ ids: [replica], vv: n === 1 ? [1] : [0], cloud: n === 1 ? NO_DOTS : [0, n] }, [e], [one(0, n)])
   if (typeof old === 'number') {
-    const or = old % PACK
-    const on = (old - or) / PACK // < n: `old` is covered, n is past every counter seen
+    const on = Math.floor(old / PACK) // < n: `old` is covered, n is past every counter seen
+    const or = old - on * PACK
     if (or === r) {
       if (on !== 1) return withContext({ ids: [replica], vv: [0], cloud: [0, on, 0, n] }, [e], [one(0, n)])
       return withContext({ ids: [replica], vv: n === 2 ? [2] : [1], cloud: n === 2 ? NO_DOTS : [0, n] }, [e], [one(0, n)])
@@ -255,7 +259,9 @@ interface ForeignContext {
 }
 
 function foreign(into: CausalContext, other: CausalContext, map: readonly number[]): ForeignContext {
-  const vv = new Array<number>(into.ids.length).fill(0)
+  // built by push: a packed array, read once per entry of `into` in the walk
+  const vv: number[] = []
+  for (let i = 0; i < into.ids.length; i++) vv.push(0)
   for (let j = 0; j < map.length; j++) vv[map[j] as number] = other.vv[j] as number
   const cloud: number[] = []
   const packed: number[] = []
@@ -276,9 +282,11 @@ function foreignCovers(f: ForeignContext, r: number, n: number): boolean {
 /** Dots of an element only `into` has: those `other` has seen were removed there. */
 function dropSeen(d: Dots, f: ForeignContext): Dots | undefined {
   if (typeof d === 'number') {
-    const r = d % PACK
-    if ((d - r) / PACK <= (f.vv[r] as number)) return undefined
-    return f.packed.length > 0 && f.packed.includes(d) ? undefined : d
+    const n = Math.floor(d / PACK)
+    if (n <= (f.vv[d - n * PACK] as number)) return undefined
+    const packed = f.packed
+    for (let k = 0; k < packed.length; k++) if (packed[k] === d) return undefined
+    return d
   }
   const kept: number[] = []
   for (let k = 0; k < d.length; k += 2) {
@@ -330,6 +338,25 @@ function joinDots(a: Dots, b: Dots, into: CausalContext, f: ForeignContext, map:
   return changed ? fromPairs(kept) : a
 }
 
+/**
+ * For each of other's elements, its index in `elems` or ~(insertion point): by binary search
+ * when `other` is small (a delta), so the walk compares no strings; by one merge otherwise.
+ */
+function positions(elems: readonly string[], oe: readonly string[]): number[] {
+  const at = new Array<number>(oe.length)
+  if (oe.length * 8 < elems.length) {
+    for (let j = 0; j < oe.length; j++) at[j] = search(elems, oe[j] as string)
+    return at
+  }
+  let i = 0
+  for (let j = 0; j < oe.length; j++) {
+    const e = oe[j] as string
+    while (i < elems.length && (elems[i] as string) < e) i++
+    at[j] = i < elems.length && elems[i] === e ? i : ~i
+  }
+  return at
+}
+
 /** Above this many new elements a dense join rebuilds the arrays instead of inserting each. */
 const INSERT_LIMIT = 8
 
@@ -346,6 +373,7 @@ function joinEntries(into: ORSetState, other: ORSetState, map: readonly number[]
   const { elems, dots } = into
   const oe = other.elems
   const od = other.dots
+  const at = positions(elems, oe)
   const newElems: string[] = []
   const newDots: Dots[] = []
   const takeOther = (j: number) => {
@@ -359,17 +387,18 @@ function joinEntries(into: ORSetState, other: ORSetState, map: readonly number[]
   let j = 0
   let w = 0
   const n = elems.length
+  const m = oe.length
   for (let i = 0; i < n; i++) {
-    const e = elems[i] as string
-    while (j < oe.length && (oe[j] as string) < e) takeOther(j++)
+    // other's elements that sort before elems[i] and that `into` lacks
+    while (j < m && (at[j] as number) < 0 && ~(at[j] as number) <= i) takeOther(j++)
     const d = dots[i] as Dots
-    const kept = j < oe.length && oe[j] === e ? joinDots(d, od[j++] as Dots, into, f, map) : dropSeen(d, f)
+    const kept = j < m && at[j] === i ? joinDots(d, od[j++] as Dots, into, f, map) : dropSeen(d, f)
     if (kept === undefined) {
       changed = true
       continue
     }
     if (kept !== d) changed = true
-    if (w !== i) elems[w] = e
+    if (w !== i) elems[w] = elems[i] as string
     if (w !== i || kept !== d) dots[w] = kept
     w++
   }
@@ -442,10 +471,10 @@ function encode(enc: encoding.Encoder, state: ORSetState): void {
     encoding.writeVarString(enc, state.elems[i] as string)
     const d = state.dots[i] as Dots
     if (typeof d === 'number') {
-      const r = d % PACK
+      const n = Math.floor(d / PACK)
       encoding.writeVarUint(enc, 1)
-      encoding.writeVarUint(enc, rank[r] as number)
-      encoding.writeVarUint(enc, (d - r) / PACK)
+      encoding.writeVarUint(enc, rank[d - n * PACK] as number)
+      encoding.writeVarUint(enc, n)
       continue
     }
     const pairs = rankedPairs(d, rank)
