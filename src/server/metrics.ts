@@ -52,6 +52,37 @@ export function createMetrics(node: SpeedNode): ServerMetrics {
   gauge('speedlayer_storage_live_bytes_estimate', 'Estimated encoded bytes of the live state', () => node.storage.getStats().liveBytesEstimate)
   gauge('speedlayer_storage_disk_bytes', 'Bytes the data directory takes on disk', () => node.storage.diskBytes())
   gauge('speedlayer_recovery_seconds', 'Time the last start spent recovering', () => node.recovery.ms / 1000)
+  const repl = () => node.replication.stats()
+  gauge('speedlayer_replication_deltas_in_total', 'Deltas received from peers and applied', () => repl().deltasIn)
+  gauge('speedlayer_replication_deltas_out_total', 'Deltas sent to peers', () => repl().deltasOut)
+  gauge('speedlayer_replication_duplicates_in_total', 'Deltas received that this node already had', () => repl().duplicatesIn)
+  gauge('speedlayer_replication_dropped_in_total', 'Deltas and states received for a view this node does not hold under that type', () => repl().droppedIn)
+  gauge('speedlayer_replication_bytes_in_total', 'Peer protocol bytes received', () => repl().bytesIn)
+  gauge('speedlayer_replication_bytes_out_total', 'Peer protocol bytes sent', () => repl().bytesOut)
+  gauge('speedlayer_replication_catchups_total', 'Catch-ups run (on connect, after a slow period, by the sweep)', () => repl().catchUps)
+  gauge('speedlayer_replication_catchup_bytes_total', 'Bytes shipped by catch-ups from the log', () => repl().catchUpBytes)
+  gauge('speedlayer_replication_antientropy_runs_total', 'Anti-entropy sessions started', () => repl().antiEntropyRuns)
+  gauge('speedlayer_replication_antientropy_bytes_total', 'Bytes shipped by anti-entropy (digests and states)', () => repl().antiEntropyBytes)
+  gauge('speedlayer_replication_links_refused_total', 'Peer links closed by this node (auth, protocol, garbage, duplicates)', () => repl().linksRefused)
+  gauge('speedlayer_replication_malformed_total', 'Malformed peer messages received', () => repl().malformed)
+  gauge('speedlayer_replication_peers_connected', 'Peers with an established link', () => node.replication.replicator.connectedCount())
+  gauge('speedlayer_storage_log_retained_bytes', 'Log bytes kept on disk (for peers, or until compaction)', () => node.storage.retainedLog().bytes)
+  const perPeer = (name: string, help: string, read: (p: ReturnType<SpeedNode['replication']['peers']>[number]) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['peer'],
+      registers: [registry],
+      collect() {
+        this.reset()
+        for (const p of node.replication.peers()) if (p.replica) this.set({ peer: p.replica }, read(p))
+      },
+    })
+  perPeer('speedlayer_peer_connected', '1 while the link to this peer is established', (p) => (p.connected ? 1 : 0))
+  perPeer('speedlayer_peer_lag_ops', 'Deltas this node holds that the peer has not acknowledged', (p) => p.lagOps)
+  perPeer('speedlayer_peer_lag_ms', 'How long the peer has lacked something this node holds', (p) => p.lagMs)
+  perPeer('speedlayer_peer_bytes_in_total', 'Bytes received from this peer', (p) => p.bytesIn)
+  perPeer('speedlayer_peer_bytes_out_total', 'Bytes sent to this peer', (p) => p.bytesOut)
   return {
     registry,
     request(route, method, status, seconds) {
