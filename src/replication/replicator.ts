@@ -182,9 +182,9 @@ export class Replicator {
     })
     this.options.setTimer(this.options.sweepIntervalMs, () => this.sweep())
     host.store.subscribe((ev) => {
-      if (ev.kind !== 'define') return
-      const source = this.catalogSource
-      for (const link of this.ready.values()) if (link !== source) this.sendCatalog(link)
+      // Local definitions; what a peer's catalog brought is relayed by onCatalog.
+      if (ev.kind !== 'define' || this.catalogSource !== null) return
+      for (const link of this.ready.values()) this.sendCatalog(link)
     })
   }
 
@@ -317,18 +317,13 @@ export class Replicator {
     const peer = link.peer as string
     const existing = this.ready.get(peer)
     if (existing) {
-      // One link per pair whatever side dialled: keep the one dialled by the smaller id (both
-      // sides compute the same answer); between two links of the same dialler, the newer.
-      const dialler = (l: Link) => (l.dialled ? this.host.id : peer)
+      // One link per pair whatever side dialled: keep the one dialled by the smaller replica id
+      // (both sides compute the same answer); between two links of the same dialler, the newer.
       const winner = this.host.id < peer ? this.host.id : peer
-      const keepNew = dialler(link) === winner && (dialler(existing) !== winner || true)
-      const loser = keepNew ? existing : link
-      if (dialler(existing) === winner && dialler(link) !== winner) {
-        this.refuse(link, CLOSE.duplicate, `a link with ${peer} exists already`)
-        return
-      }
-      this.refuse(loser, CLOSE.duplicate, `a link with ${peer} exists already`)
-      if (loser === link) return
+      const byWinner = (l: Link) => (l.dialled ? this.host.id : peer) === winner
+      const keepNew = byWinner(link) || !byWinner(existing)
+      if (!keepNew) return this.refuse(link, CLOSE.duplicate, `a link with ${peer} exists already`)
+      this.refuse(existing, CLOSE.duplicate, `a newer link with ${peer} replaces this one`)
     }
     link.state = 'ready'
     this.ready.set(peer, link)
@@ -355,11 +350,18 @@ export class Replicator {
   private onCatalog(link: Link, bytes: Uint8Array): void {
     const state = this.host.store.catalogType.decode(decoding.createDecoder(bytes))
     this.catalogSource = link
+    let changed: boolean
     try {
-      if (this.host.store.mergeCatalog(state)) void this.host.saveCatalog().catch(() => {})
+      changed = this.host.store.mergeCatalog(state)
     } finally {
       this.catalogSource = null
     }
+    if (!changed) return
+    void this.host.saveCatalog().catch(() => {})
+    // Relay every change, not only those that define or redefine a view: the same definition
+    // made on two sides differs only in its stamp, emits no define event, and yet the catalogs
+    // must end byte-identical on every replica, also where the two sides never meet.
+    for (const other of this.ready.values()) if (other !== link) this.sendCatalog(other)
   }
 
   // ---- version vectors, acknowledgements, catch-up ----
@@ -645,7 +647,9 @@ export class Replicator {
       out.push({
         replica: k.replica,
         url: k.url,
-        connected: this.ready.has(k.replica),
+        // Ready here is not enough: without a secret a dialler is ready on the peer's hello, and
+        // the peer may still refuse the link (operator cut); its vector says it accepted.
+        connected: this.ready.get(k.replica)?.gotVv === true,
         lagOps,
         lagMs: k.behindSince === null ? 0 : now - k.behindSince,
         lastSeen: k.lastSeen,

@@ -36,36 +36,41 @@ function toBytes(data: RawData): Uint8Array {
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
 }
 
-function wire(replicator: Replicator, ws: WebSocket, dialled: boolean, url: string | null): Link {
+function wire(replicator: Replicator, ws: WebSocket, dialled: boolean, url: string | null, log: (line: string) => void): Link {
   const link = replicator.attach(channelOf(ws), dialled, url)
+  const closedBecause = (reason: string) => log(`peer link${link.peer ? ` with ${link.peer}` : ''}${url ? ` (${url})` : ''} closed: ${reason}`)
   ws.on('message', (data, isBinary) => {
     if (!isBinary) {
+      if (link.state !== 'closed') closedBecause('a text frame (the peer protocol is binary)')
       ws.close(4400, 'the peer protocol is binary')
       return
     }
     replicator.receive(link, toBytes(data))
   })
   ws.on('close', () => replicator.closed_(link))
-  ws.on('error', () => {
+  ws.on('error', (err) => {
     // 'close' follows; an oversized frame (1009) or a reset lands here first.
+    if (link.state !== 'closed') closedBecause(err.message)
   })
   return link
 }
 
 export class PeerServer {
   private readonly wss: WebSocketServer
+  private readonly log: (line: string) => void
 
   constructor(
     private readonly replicator: Replicator,
     opts: WsTransportOptions,
   ) {
     this.wss = new WebSocketServer({ noServer: true, maxPayload: opts.maxPayload })
+    this.log = opts.log
   }
 
   /** Called by the HTTP server for an upgrade request on /peer. */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     this.wss.handleUpgrade(req, socket, head, (ws) => {
-      wire(this.replicator, ws, false, null)
+      wire(this.replicator, ws, false, null, this.log)
     })
   }
 
@@ -137,10 +142,16 @@ export class Dialer {
     const ws = new WebSocket(url, { maxPayload: this.opts.maxPayload, handshakeTimeout: 5000 })
     t.ws = ws
     ws.on('open', () => {
-      wire(this.replicator, ws, true, url)
-      ws.once('message', () => {
+      const link = wire(this.replicator, ws, true, url, this.opts.log)
+      // Back to the shortest backoff only once the peer accepted the link (its vector came):
+      // a peer that refuses after its hello (cut by its operator, wrong secret) must not be
+      // redialled at the minimum delay forever.
+      const accepted = () => {
+        if (!link.gotVv) return
         t.attempt = 0
-      })
+        ws.off('message', accepted)
+      }
+      ws.on('message', accepted)
     })
     ws.on('close', () => {
       t.ws = null
