@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /** The `speedlayer` command: one line per error, never a stack trace. */
-import { UsageError } from './parse.js'
+import { CommandError, UsageError } from './parse.js'
 import { START_USAGE, startCommand } from './start.js'
 import { demoCommand, DEMO_USAGE } from './demo.js'
+import { ingestCommand, INGEST_USAGE } from './ingest.js'
 import { StorageError } from '../storage/adapter.js'
 import { StoreError } from '../store/viewStore.js'
 
@@ -10,6 +11,7 @@ const HELP = `speedlayer: realtime views as CRDTs (counters, sets, maps, HyperLo
 
 ${START_USAGE}
 ${DEMO_USAGE}
+${INGEST_USAGE}
 
 Run \`speedlayer start --id node1 --port 7001 --data ./data\`, then for example
   curl -X PUT localhost:7001/views/pageviews -d '{"type":"gcounter"}'
@@ -30,6 +32,7 @@ async function main(argv: string[]): Promise<void> {
       process.stdout.write(`${HELP}\n`)
       return
     case 'ingest':
+      return ingestCommand(rest)
     case 'query':
     case 'batch':
       throw new UsageError(`"speedlayer ${command}" is not available in this version yet; see speedlayer --help`)
@@ -39,7 +42,7 @@ async function main(argv: string[]): Promise<void> {
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {
-  const known = err instanceof UsageError || err instanceof StorageError || err instanceof StoreError
+  const known = err instanceof UsageError || err instanceof CommandError || err instanceof StorageError || err instanceof StoreError
   const message = err instanceof Error ? err.message : String(err)
   process.stderr.write(`speedlayer: ${known ? message : `unexpected error: ${message}`}\n`)
   process.exit(err instanceof UsageError ? 2 : 1)

@@ -4,6 +4,11 @@ export class UsageError extends Error {
   override readonly name = 'UsageError'
 }
 
+/** A command that ran and failed for a reason the user can act on: one line, exit status 1. */
+export class CommandError extends Error {
+  override readonly name = 'CommandError'
+}
+
 const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, kb: 1e3, mb: 1e6, gb: 1e9, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 }
 
 /** "1MiB", "512KiB", "2MB", "4096" -> bytes. */

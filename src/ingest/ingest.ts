@@ -32,7 +32,7 @@ export interface IngestStats {
   events: number
   /** Per view: events its rule rejected. */
   rejected: Map<string, number>
-  /** Ingest requests refused for a bad or too long line. */
+  /** Ingest requests refused in pass 1: a bad or too long line, a body cut short. */
   badBatches: number
   /** Bodies that went to a temp file because they were larger than the memory bound. */
   spooled: number
@@ -58,8 +58,10 @@ export interface IngestOptions {
 /** Writes per `applyMany` call: large enough to batch, small enough not to hold the event loop long. */
 const CHUNK_WRITES = 4096
 /** Chunks applied but not yet durable: lets group commit batch several while the next is applied. */
-const MAX_IN_FLIGHT = 4
+const MAX_IN_FLIGHT = 16
 const MAX_BACKOFF_MS = 250
+/** An overload that lasts this long (a failed disk, or a queue that never drains) is answered 503 after all. */
+const OVERLOAD_GIVE_UP_MS = 30_000
 
 const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 
@@ -120,6 +122,7 @@ export class IngestBatch {
 
   private async applyChunk(writes: Write[], ruleOf: number[]): Promise<void> {
     let backoff = 5
+    let since: number | null = null
     for (;;) {
       try {
         const r = this.node.applyMany(writes)
@@ -130,6 +133,9 @@ export class IngestBatch {
         break
       } catch (err) {
         if (!(err instanceof NodeError) || err.code !== 'overload') throw err
+        // The node also says "overload" once its disk has failed, for good: do not wait forever.
+        since ??= performance.now()
+        if (performance.now() - since > OVERLOAD_GIVE_UP_MS) throw err
         if (this.inFlight.length > 0) {
           // Our own writes in flight are most of the queue: once they are down there is room.
           const all = this.inFlight
@@ -186,10 +192,14 @@ export async function ingestNdjson(node: SpeedNode, body: Readable, opts: Ingest
     }
     let full = false
     // Every line passed pass 1, so no line can throw here.
-    const splitter = new LineSplitter(opts.maxLineBytes, (line, n) => {
-      const event = parseLine(line, n, true)
-      if (event !== null && batch.add(event)) full = true
-    })
+    const splitter = new LineSplitter(
+      opts.maxLineBytes,
+      (line, n) => {
+        const event = parseLine(line, n)
+        if (event !== null && batch.add(event)) full = true
+      },
+      false,
+    )
     for await (const chunk of spooled.chunks()) {
       splitter.push(chunk)
       if (full) {

@@ -32,9 +32,10 @@ export class NdjsonError extends Error {
 const NL = 0x0a
 
 /**
- * Splits a byte stream into lines (without their "\n"). Splitting bytes on 0x0A is safe in UTF-8:
- * that byte never occurs inside a multi-byte sequence. A line within one chunk is handed on as a
- * view of that chunk, with no copy; only a line spread over chunks is joined.
+ * Splits a byte stream into lines (without their "\n") and hands them on as strings. Splitting
+ * bytes on 0x0A is safe in UTF-8: that byte never occurs inside a multi-byte sequence. The whole
+ * lines of a chunk are checked and decoded in one go and split as a string: a Buffer view and a
+ * decode per line would cost more than parsing the line. Only a line spread over chunks is joined.
  */
 export class LineSplitter {
   private parts: Buffer[] = []
@@ -42,37 +43,36 @@ export class LineSplitter {
   /** Lines handed on so far; the number of the last one. */
   line = 0
 
+  /** `checkUtf8` false skips the UTF-8 check, for bytes that passed it before. */
   constructor(
     private readonly maxLineBytes: number,
-    private readonly onLine: (line: Buffer, lineNo: number) => void,
+    private readonly onLine: (line: string, lineNo: number) => void,
+    private readonly checkUtf8 = true,
   ) {}
 
-  /** Throws NdjsonError 413 as soon as a line grows past the bound, before holding more of it. */
+  /**
+   * Throws NdjsonError 413 as soon as a line grows past the bound (before holding more of it),
+   * 400 for a line that is not UTF-8, and whatever `onLine` throws.
+   */
   push(chunk: Buffer): void {
     let start = 0
-    for (;;) {
-      const nl = chunk.indexOf(NL, start)
-      if (nl < 0) {
-        if (start < chunk.length) {
-          this.partBytes += chunk.length - start
-          if (this.partBytes > this.maxLineBytes) throw this.tooLong(this.line + 1)
-          this.parts.push(chunk.subarray(start))
-        }
-        return
-      }
-      let line = chunk.subarray(start, nl)
-      if (this.partBytes > 0) {
-        if (this.partBytes + line.length > this.maxLineBytes) throw this.tooLong(this.line + 1)
-        this.parts.push(line)
-        line = Buffer.concat(this.parts, this.partBytes + line.length)
-        this.parts = []
-        this.partBytes = 0
-      } else if (line.length > this.maxLineBytes) {
-        throw this.tooLong(this.line + 1)
-      }
+    if (this.partBytes > 0) {
+      const nl = chunk.indexOf(NL)
+      if (nl < 0) return this.keep(chunk, 0)
+      if (this.partBytes + nl > this.maxLineBytes) throw this.tooLong(this.line + 1)
+      this.parts.push(chunk.subarray(0, nl))
+      const joined = Buffer.concat(this.parts, this.partBytes + nl)
+      this.parts = []
+      this.partBytes = 0
+      this.emit(joined, 0, joined.length)
       start = nl + 1
-      this.onLine(line, ++this.line)
     }
+    const last = chunk.lastIndexOf(NL)
+    if (last >= start) {
+      this.emit(chunk, start, last)
+      start = last + 1
+    }
+    if (start < chunk.length) this.keep(chunk, start)
   }
 
   /** The last line, if the body does not end with a newline. */
@@ -81,7 +81,39 @@ export class LineSplitter {
     const line = Buffer.concat(this.parts, this.partBytes)
     this.parts = []
     this.partBytes = 0
-    this.onLine(line, ++this.line)
+    this.emit(line, 0, line.length)
+  }
+
+  private keep(chunk: Buffer, from: number): void {
+    this.partBytes += chunk.length - from
+    if (this.partBytes > this.maxLineBytes) throw this.tooLong(this.line + 1)
+    this.parts.push(from === 0 ? chunk : chunk.subarray(from))
+  }
+
+  /** Hands on the whole lines in buf[from, to), which holds no newline at `to`. */
+  private emit(buf: Buffer, from: number, to: number): void {
+    // Only a region longer than the bound can hold a line that is.
+    if (to - from > this.maxLineBytes) this.eachLine(buf, from, to, (a, b, n) => {
+      if (b - a > this.maxLineBytes) throw this.tooLong(n)
+    })
+    if (this.checkUtf8 && !isUtf8(buf.subarray(from, to))) {
+      this.eachLine(buf, from, to, (a, b, n) => {
+        if (!isUtf8(buf.subarray(a, b))) throw new NdjsonError(400, 'bad_line', `line ${n} is not valid UTF-8`, n)
+      })
+    }
+    const text = buf.toString('utf8', from, to)
+    if (text.indexOf('\n') < 0) return this.onLine(text, ++this.line)
+    for (const line of text.split('\n')) this.onLine(line, ++this.line)
+  }
+
+  private eachLine(buf: Buffer, from: number, to: number, f: (a: number, b: number, lineNo: number) => void): void {
+    let n = this.line
+    for (let a = from; a <= to; ) {
+      let b = buf.indexOf(NL, a)
+      if (b < 0 || b > to) b = to
+      f(a, b, ++n)
+      a = b + 1
+    }
   }
 
   private tooLong(lineNo: number): NdjsonError {
@@ -89,28 +121,25 @@ export class LineSplitter {
   }
 }
 
-function isBlank(line: Buffer): boolean {
+function isBlank(line: string): boolean {
   for (let i = 0; i < line.length; i++) {
-    const b = line[i]
-    if (b !== 0x20 && b !== 0x09 && b !== 0x0d) return false
+    const c = line.charCodeAt(i)
+    if (c !== 0x20 && c !== 0x09 && c !== 0x0d) return false
   }
   return true
 }
 
-const BOM = Buffer.from([0xef, 0xbb, 0xbf])
-
 /**
  * One line: the event, or null for a blank line. Throws NdjsonError 400 naming the line when it is
- * not a JSON object. `checked` skips the UTF-8 check for lines that passed it before.
+ * not a JSON object.
  */
-export function parseLine(line: Buffer, lineNo: number, checked = false): Record<string, unknown> | null {
-  // A UTF-8 byte order mark, which some editors put first, is no reason to refuse a file.
-  if (lineNo === 1 && line.length >= 3 && line[0] === 0xef && line.subarray(0, 3).equals(BOM)) line = line.subarray(3)
+export function parseLine(line: string, lineNo: number): Record<string, unknown> | null {
+  // A byte order mark, which some editors put first, is no reason to refuse a file.
+  if (lineNo === 1 && line.charCodeAt(0) === 0xfeff) line = line.slice(1)
   if (isBlank(line)) return null
-  if (!checked && !isUtf8(line)) throw new NdjsonError(400, 'bad_line', `line ${lineNo} is not valid UTF-8`, lineNo)
   let event: unknown
   try {
-    event = JSON.parse(line.toString('utf8'))
+    event = JSON.parse(line)
   } catch (err) {
     throw new NdjsonError(400, 'bad_line', `line ${lineNo} is not valid JSON: ${(err as Error).message}`, lineNo)
   }
@@ -252,12 +281,13 @@ export function spoolNdjson(body: Readable, opts: SpoolOptions): Promise<Spooled
         else if (!settled) done(true)
       })
     }
-    function onError(err: Error) {
-      fail(err)
+    // A client that goes away mid-body: nothing was applied, nothing will be. Not a server error.
+    const aborted = () => new NdjsonError(400, 'aborted', 'the request body ended before it was complete', 0)
+    function onError() {
+      fail(aborted())
     }
     function onClose() {
-      // A client that goes away mid-body: nothing was applied, nothing will be.
-      if (!body.readableEnded) fail(new NdjsonError(400, 'aborted', 'the request body ended before it was complete', 0))
+      if (!body.readableEnded) fail(aborted())
     }
     body.on('data', onData)
     body.on('end', onEnd)

@@ -219,7 +219,9 @@ export class ViewStore {
       if (err instanceof CrdtOpError) throw new StoreError('bad_op', err.message)
       throw err
     }
-    if (fresh) view.states.set(key, state)
+    // A no-op on a new key (an empty add, an inc of 0) leaves no key: peers and recovery create a
+    // key only when a delta changes it, so keeping an empty one here would make replicas' key sets differ.
+    if (fresh && view.type.join(view.type.empty(), delta)) view.states.set(key, state)
     this.emit({ kind: 'value', view, key, delta, local: true })
     return { view, delta, value: withValue ? view.type.value(state) : undefined }
   }
