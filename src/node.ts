@@ -15,6 +15,9 @@ import { openLevelAdapter } from './storage/levelAdapter.js'
 import { memoryAdapter } from './storage/memoryAdapter.js'
 import { Replicator, type PeerInfo, type ReplicationStats, type ReplicatorOptions } from './replication/replicator.js'
 import { Dialer, PeerServer } from './replication/wsTransport.js'
+import { BatchViews, type BatchEntries, type BatchStats, type ImportResult } from './query/batchViews.js'
+import { queryKey, queryRange, type PointAnswer, type RangeAnswer, type RangeQuery } from './query/answer.js'
+import type { Stamp } from '../crdts/hlc.js'
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 
@@ -108,6 +111,12 @@ export interface SpeedNode {
   subscribe(listener: StoreListener): () => void
   stats(): NodeStats
   readonly replication: NodeReplication
+  /** Batch views (src/query/): imports, and the join for batch views from peers. */
+  readonly batch: NodeBatch
+  /** A key answered from the batch view (covered buckets, exact) or the realtime view (GET /query/:view/:key). */
+  query(view: string, key: string): PointAnswer
+  /** One value over the buckets `prefix|<start>` with start in [from, to) (GET /query/:view?prefix=...). */
+  queryRange(view: string, q: RangeQuery): RangeAnswer
   /** Flushes what is queued and closes the storage. Idempotent. */
   close(): Promise<void>
 }
@@ -122,6 +131,43 @@ export interface NodeReplication {
   /** Lets a cut peer connect again (and redials it); false if never seen. */
   connect(replica: string): boolean
   stats(): ReplicationStats
+}
+
+/**
+ * The batch views of a node (see src/query/batchViews.ts). Replication carries a batch view as the
+ * bytes of `encode` and joins it with `merge`; `onChange` says when one changed here.
+ */
+export interface NodeBatch {
+  /**
+   * Imports a batch view for `view` with `horizon` (ms): `entries` are key -> exact value (as in
+   * the NDJSON of PUT /batch), or entries validated by `begin`. Resolves once durable; `won` is
+   * false when this node holds one with a higher (horizon, stamp), which then stays. Throws
+   * QueryError (400/404) for a view that is unknown or not bucketed, a bad horizon or value.
+   */
+  import(view: string, horizon: number, entries: BatchEntries | Iterable<readonly [string, unknown]> | Record<string, unknown>, stamp?: Stamp): Promise<ImportResult>
+  /** Checks view and horizon and returns an empty set of entries to fill line by line. */
+  begin(view: string, horizon: number): BatchEntries
+  /** The batch view held for `view`, encoded (lib0, canonical), or null. */
+  encode(view: string): Uint8Array | null
+  /** Joins an encoded batch view from a peer; true if it won (realtime keys it covers expire). */
+  merge(view: string, bytes: Uint8Array): boolean
+  /** Names of the views this node holds a batch view for, sorted. */
+  views(): string[]
+  /** A summary of the batch view held for `view` (GET /batch/:view), or null. */
+  get(view: string): BatchSummary | null
+  /** Called with the view's name whenever its batch view changes here (local import or merge). */
+  onChange(listener: (view: string) => void): () => void
+  stats(): BatchStats & { droppedCovered: number }
+}
+
+export interface BatchSummary {
+  view: string
+  type: string
+  horizon: number
+  keys: number
+  stamp: { ts: number; c: number; replica: string }
+  /** False when the view's definition no longer has the type and bucket size it was imported for. */
+  applies: boolean
 }
 
 export interface NodeStats {
@@ -139,10 +185,23 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
   const store = new ViewStore(options.limits)
   const adapter = options.adapter ?? (options.dataDir !== undefined ? await openLevelAdapter(options.dataDir) : memoryAdapter())
   const storage = new Storage(adapter, store, { ...options.storage, fsync: options.fsync ?? options.storage?.fsync ?? false })
+  let clock: Timestamp = ZERO
+  const tick = (): OpContext => {
+    clock = hlcTick(clock, now())
+    return { replica: options.id, time: clock }
+  }
+  // A key a batch horizon made expire: its snapshot goes at the next compaction.
+  store.subscribe((ev) => {
+    if (ev.kind === 'expire') storage.forget(ev.view, ev.key)
+  })
+  const batch = new BatchViews({ store, storage, tick: () => tick().time, replica: options.id, now, maxDriftMs: maxDrift })
   let recovery: RecoveryReport
   try {
     await storage.claimReplica(options.id)
+    // Before the log replay, so that deltas of covered buckets are dropped as they are replayed.
+    await batch.load()
     recovery = await storage.recover(log)
+    batch.sweep()
   } catch (err) {
     await adapter.close().catch(() => {})
     throw err
@@ -150,11 +209,6 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
 
   // Own deltas are numbered 1, 2, 3...: replication ships them by (origin, sequence).
   let seq = storage.logged.get(options.id)
-  let clock: Timestamp = ZERO
-  const tick = (): OpContext => {
-    clock = hlcTick(clock, now())
-    return { replica: options.id, time: clock }
-  }
   const saveCatalog = () => {
     const saved = store.savedCatalog()
     const enc = encoding.createEncoder()
@@ -219,7 +273,9 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
       if (closing) throw new NodeError('closed', 'the node is shutting down')
       if (storage.overloaded()) throw new NodeError('overload', 'the write queue is full; retry shortly')
       checkDrift(op)
-      const { view, delta, value } = store.apply(viewName, key, op, tick())
+      const { view, delta, value, dropped } = store.apply(viewName, key, op, tick())
+      // A write to a bucket the batch horizon covers joins to nothing: there is nothing to make durable.
+      if (dropped) return readResult(view, value)
       await storage.append(view, key, delta, options.id, ++seq)
       writes++
       return readResult(view, value)
@@ -232,7 +288,7 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
       let applied = 0
       for (let i = 0; i < list.length; i++) {
         const w = list[i] as Write
-        let r: { view: View; delta: unknown }
+        let r: { view: View; delta: unknown; dropped?: true }
         try {
           checkDrift(w.op)
           r = store.apply(w.view, w.key, w.op, tick(), false)
@@ -241,6 +297,7 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
           refused.push({ index: i, error: err })
           continue
         }
+        if (r.dropped) continue
         // Appends made in one synchronous run land in one pending batch; awaiting each distinct
         // batch promise is still right should a flush ever start in between.
         const p = storage.append(r.view, w.key, r.delta, options.id, ++seq)
@@ -272,6 +329,26 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
     },
     subscribe: (listener) => store.subscribe(listener),
     replication,
+    batch: {
+      import(view, horizon, entries, stamp) {
+        if (closing) return Promise.reject(new NodeError('closed', 'the node is shutting down'))
+        return batch.import(view, horizon, entries, stamp)
+      },
+      begin: (view, horizon) => batch.begin(view, horizon),
+      encode: (view) => batch.encode(view),
+      merge: (view, bytes) => batch.merge(view, bytes),
+      views: () => batch.views(),
+      get(view) {
+        const bv = batch.get(view)
+        if (bv === undefined) return null
+        const applies = store.hasView(view) && batch.current(store.view(view)) === bv
+        return { view, type: bv.type, horizon: bv.horizon, keys: bv.keys.length, stamp: { ts: bv.stamp.ts, c: bv.stamp.c, replica: bv.stamp.r }, applies }
+      },
+      onChange: (listener) => batch.onChange(listener),
+      stats: () => ({ ...batch.stats, droppedCovered: store.droppedCovered }),
+    },
+    query: (view, key) => queryKey(store, batch, view, key),
+    queryRange: (view, q) => queryRange(store, batch, view, q),
     stats() {
       return {
         writes,

@@ -4,6 +4,8 @@ import { CommandError, UsageError } from './parse.js'
 import { START_USAGE, startCommand } from './start.js'
 import { demoCommand, DEMO_USAGE } from './demo.js'
 import { ingestCommand, INGEST_USAGE } from './ingest.js'
+import { queryCommand, QUERY_USAGE } from './query.js'
+import { batchCommand, BATCH_USAGE } from './batch.js'
 import { StorageError } from '../storage/adapter.js'
 import { StoreError } from '../store/viewStore.js'
 
@@ -12,6 +14,8 @@ const HELP = `speedlayer: realtime views as CRDTs (counters, sets, maps, HyperLo
 ${START_USAGE}
 ${DEMO_USAGE}
 ${INGEST_USAGE}
+${QUERY_USAGE}
+${BATCH_USAGE}
 
 Run \`speedlayer start --id node1 --port 7001 --data ./data\`, then for example
   curl -X PUT localhost:7001/views/pageviews -d '{"type":"gcounter"}'
@@ -34,8 +38,9 @@ async function main(argv: string[]): Promise<void> {
     case 'ingest':
       return ingestCommand(rest)
     case 'query':
+      return queryCommand(rest)
     case 'batch':
-      throw new UsageError(`"speedlayer ${command}" is not available in this version yet; see speedlayer --help`)
+      return batchCommand(rest)
     default:
       throw new UsageError(`unknown command "${command}"; see speedlayer --help`)
   }

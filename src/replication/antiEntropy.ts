@@ -91,6 +91,8 @@ interface Session {
   vv: VersionVector | null
   trees: Map<string, Tree>
   resolve: (() => void) | null
+  /** Initiator: the states shipped so far, each sent once the writes it includes are durable. */
+  shipped: Promise<void>
 }
 
 export class AntiEntropy {
@@ -104,6 +106,8 @@ export class AntiEntropy {
     private readonly store: ViewStore,
     private readonly send: (link: Link, m: Message) => number,
     private readonly stats: ReplicationStats,
+    /** Resolves once every write applied so far is durable here. */
+    private readonly durable: () => Promise<void>,
   ) {}
 
   private sendCounted(link: Link, m: Message): void {
@@ -113,7 +117,7 @@ export class AntiEntropy {
   /** Runs a session towards `link`: resolves once the peer holds everything this node holds. */
   start(link: Link, vv: VersionVector): Promise<void> {
     return new Promise((resolve) => {
-      const s: Session = { id: this.nextSession++, outstanding: 0, vv, trees: new Map(), resolve }
+      const s: Session = { id: this.nextSession++, outstanding: 0, vv, trees: new Map(), resolve, shipped: Promise.resolve() }
       this.started.set(link, s)
       for (const view of this.store.views()) {
         const tree = buildTree(view)
@@ -136,7 +140,8 @@ export class AntiEntropy {
     this.sendCounted(link, { t: 'aeDigests', session: s.id, view: tree.view.name, level: level + 1, nodes })
   }
 
-  private shipRange(link: Link, tree: Tree, items: Item[]): void {
+  /** Encodes the range's states as they are now, into `out` (messages of at most MAX_STATES_BYTES). */
+  private encodeRange(tree: Tree, items: Item[], out: WireState[][]): void {
     let states: WireState[] = []
     let bytes = 0
     for (const it of items) {
@@ -148,21 +153,42 @@ export class AntiEntropy {
       states.push({ view: tree.view.name, type: tree.view.def.type, key: it.key, bytes: b })
       bytes += b.length + it.key.length
       if (bytes > MAX_STATES_BYTES) {
-        this.sendCounted(link, { t: 'states', states, covers: null })
+        out.push(states)
         states = []
         bytes = 0
       }
     }
-    if (states.length > 0) this.sendCounted(link, { t: 'states', states, covers: null })
+    if (states.length > 0) out.push(states)
+  }
+
+  /**
+   * Sends states once the writes they include are durable. The store's memory runs ahead of its
+   * disk by the group commit being written; a state shipped from there could carry a local
+   * write that a crash then loses, and the node would reuse its sequence number for another
+   * write while the peer keeps the lost one forever (a G-counter slot that never comes down).
+   */
+  private ship(link: Link, s: Session, messages: WireState[][]): void {
+    if (messages.length === 0) return
+    s.shipped = s.shipped
+      .then(() => this.durable())
+      .then(() => {
+        for (const states of messages) this.sendCounted(link, { t: 'states', states, covers: null })
+      })
+    // A failed disk stops the session's sends; the rejection is handled where the session ends.
+    s.shipped.catch(() => {})
   }
 
   private maybeDone(link: Link, s: Session): void {
     if (s.outstanding > 0 || !s.resolve) return
-    this.sendCounted(link, { t: 'aeDone', session: s.id, vv: s.vv as VersionVector })
     this.started.delete(link)
     const r = s.resolve
     s.resolve = null
-    r()
+    // aeDone lets the peer count our deltas as delivered: only after every state it needs, and
+    // never if those could not be sent.
+    void s.shipped
+      .then(() => this.sendCounted(link, { t: 'aeDone', session: s.id, vv: s.vv as VersionVector }))
+      .catch(() => {})
+      .then(r)
   }
 
   handle(link: Link, m: Message, onDone: (covers: VersionVector) => void): void {
@@ -170,7 +196,7 @@ export class AntiEntropy {
       // Responder: compare the initiator's ranges with ours.
       let s = this.answering.get(link)
       if (!s || s.id !== m.session) {
-        s = { id: m.session, outstanding: 0, vv: null, trees: new Map(), resolve: null }
+        s = { id: m.session, outstanding: 0, vv: null, trees: new Map(), resolve: null, shipped: Promise.resolve() }
         this.answering.set(link, s)
       }
       let tree = s.trees.get(m.view)
@@ -198,12 +224,14 @@ export class AntiEntropy {
       const tree = s.trees.get(m.view)
       s.outstanding--
       if (tree) {
+        const out: WireState[][] = []
         for (const p of m.prefixes) {
           const prefix = Math.floor(p / 2)
           const items = range(tree, m.level, prefix)
-          if (p % 2 === 1 || items.length <= LEAF_KEYS || m.level >= MAX_LEVEL) this.shipRange(link, tree, items)
+          if (p % 2 === 1 || items.length <= LEAF_KEYS || m.level >= MAX_LEVEL) this.encodeRange(tree, items, out)
           else this.sendChildren(link, s, tree, m.level, prefix)
         }
+        this.ship(link, s, out)
       }
       this.maybeDone(link, s)
       return

@@ -171,7 +171,7 @@ export class Replicator {
     options: Partial<ReplicatorOptions> & Pick<ReplicatorOptions, 'setTimer'>,
   ) {
     this.options = { ...DEFAULT_REPLICATOR_OPTIONS, ...options }
-    this.ae = new AntiEntropy(host.store, (link, m) => this.send(link, m), this.stats)
+    this.ae = new AntiEntropy(host.store, (link, m) => this.send(link, m), this.stats, () => host.storage.flushed())
     host.storage.onDurable((deltas) => this.shipDurable(deltas))
     host.storage.setLogRetention((r) => {
       // A record may go once every peer this node knows has acknowledged all of it.

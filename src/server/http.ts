@@ -13,6 +13,9 @@ import { createMetrics, type ServerMetrics } from './metrics.js'
 import { dashboardPage } from './dashboard.js'
 import { ingestNdjson } from '../ingest/ingest.js'
 import { NdjsonError } from '../ingest/ndjson.js'
+import { QueryError } from '../query/batchViews.js'
+import { readBatchNdjson } from '../query/batchImport.js'
+import { parseTime } from '../query/buckets.js'
 
 export interface ServerOptions {
   host: string
@@ -66,6 +69,7 @@ export function toHttpError(err: unknown): HttpError {
     return new HttpError(503, err.code, err.message, { 'retry-after': '1' })
   }
   if (err instanceof StorageError) return new HttpError(503, 'storage', err.message, { 'retry-after': '5' })
+  if (err instanceof QueryError) return new HttpError(err.status, err.code, err.message)
   return new HttpError(500, 'internal', err instanceof Error ? err.message : String(err))
 }
 
@@ -222,6 +226,59 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
         authorize(ctx, false)
         return send(res, 200, node.read(a, b))
       }
+      case 'query': {
+        if (a === undefined || rest.length > 0) break
+        const badView = checkName(a, 'the view name')
+        if (badView) throw new HttpError(400, 'bad_key', badView)
+        if (b === undefined) {
+          ctx.route = '/query/:view'
+          if (method !== 'GET') throw methodNotAllowed('GET')
+          authorize(ctx, false)
+          const prefix = query.get('prefix')
+          if (prefix === null) throw new HttpError(400, 'bad_param', 'a range query needs ?prefix=P (the key fields before the bucket), e.g. ?prefix=home&from=2025-06-01T00:00:00Z&to=2025-06-02T00:00:00Z')
+          return send(res, 200, node.queryRange(a, { prefix, from: timeParam(query, 'from'), to: timeParam(query, 'to') }))
+        }
+        ctx.route = '/query/:view/:key'
+        const badKey = checkName(b, 'the key')
+        if (badKey) throw new HttpError(400, 'bad_key', badKey)
+        if (method !== 'GET') throw methodNotAllowed('GET')
+        authorize(ctx, false)
+        return send(res, 200, node.query(a, b))
+      }
+      case 'batch': {
+        if (a === undefined || b !== undefined) break
+        ctx.route = '/batch/:view'
+        const badView = checkName(a, 'the view name')
+        if (badView) throw new HttpError(400, 'bad_key', badView)
+        if (method === 'GET') {
+          authorize(ctx, false)
+          const held = node.batch.get(a)
+          if (held === null) throw new HttpError(404, 'no_batch_view', `this node holds no batch view for "${a}"; import one with PUT /batch/${encodeURIComponent(a)}?horizon=T`)
+          return send(res, 200, held)
+        }
+        if (method !== 'PUT') throw methodNotAllowed('GET, PUT')
+        authorize(ctx, true)
+        const rawHorizon = query.get('horizon')
+        if (rawHorizon === null) throw new HttpError(400, 'bad_param', 'PUT /batch/:view needs ?horizon=T (ms since the epoch or ISO 8601): the batch view holds the exact results up to T')
+        const horizon = parseTime(rawHorizon)
+        if (Number.isNaN(horizon)) throw new HttpError(400, 'bad_param', `horizon must be ms since the epoch or an ISO 8601 date-time with a zone, got "${rawHorizon}"`)
+        const entries = node.batch.begin(a, horizon)
+        try {
+          await readBatchNdjson(req, entries, opts.maxBody)
+        } catch (err) {
+          if (err instanceof NdjsonError) throw new HttpError(err.status, err.code, err.message)
+          throw err
+        }
+        const r = await node.batch.import(a, horizon, entries)
+        if (!r.won) {
+          throw new HttpError(
+            409,
+            'conflict',
+            `view "${a}" already has a batch view with horizon ${new Date(r.horizon).toISOString()} (replica ${r.stamp.r}) that wins over this one (horizon ${new Date(horizon).toISOString()}): the import with the highest horizon wins; nothing was imported`,
+          )
+        }
+        return send(res, 200, { view: a, horizon, keys: r.keys, expired: r.expired })
+      }
       case 'peers': {
         if (a === undefined) {
           ctx.route = '/peers'
@@ -328,6 +385,15 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
       })
     })
   })
+}
+
+/** A time parameter (ms since the epoch or ISO 8601), or undefined when absent. */
+function timeParam(query: URLSearchParams, name: string): number | undefined {
+  const raw = query.get(name)
+  if (raw === null) return undefined
+  const t = parseTime(raw)
+  if (Number.isNaN(t)) throw new HttpError(400, 'bad_param', `${name} must be ms since the epoch or an ISO 8601 date-time with a zone (e.g. 2025-06-01T10:00:00Z), got "${raw}"`)
+  return t
 }
 
 const API_ROOTS = new Set(['health', 'metrics', 'views', 'ingest', 'query', 'batch', 'peers', 'yjs', 'peer'])

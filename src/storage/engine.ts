@@ -129,6 +129,8 @@ interface Batch {
   done: Promise<void>
   resolve: () => void
   reject: (err: Error) => void
+  /** Someone awaits this batch although it may hold nothing (a barrier): it must still be flushed. */
+  awaited: boolean
 }
 
 function newBatch(): Batch {
@@ -140,7 +142,7 @@ function newBatch(): Batch {
   })
   // A failed batch is reported to each writer that awaits it; an unawaited one must not crash.
   done.catch(() => {})
-  return { entries: [], raw: [], bytes: 0, done, resolve, reject }
+  return { entries: [], raw: [], bytes: 0, done, resolve, reject, awaited: false }
 }
 
 /** The origin of a logged state that has no identity of its own (catch-up, anti-entropy). */
@@ -336,6 +338,45 @@ export class Storage {
     return this.enqueueRaw([{ type: 'put', key: CATALOG, value: encodeCatalog(saved) }])
   }
 
+  /**
+   * Saves a named value in the meta region (sealed, like every record) with the next group
+   * commit; resolves once it is durable. Names must not collide with the engine's own
+   * ('replica', 'catalog', 'vv', 'servable'): callers use a prefix of their own, e.g. "batch:".
+   */
+  putMeta(name: string, body: Uint8Array): Promise<void> {
+    return this.enqueueRaw([{ type: 'put', key: metaKey(name), value: seal(body) }])
+  }
+
+  /** Every meta value whose name starts with `prefix` (unsealed), in name order. */
+  async scanMeta(prefix: string): Promise<Array<{ name: string; body: Uint8Array }>> {
+    const gte = metaKey(prefix)
+    const lt = metaKey(prefix)
+    // The prefix's range ends where its last byte would be one higher ("batch:" -> "batch;").
+    lt[lt.length - 1] = (lt[lt.length - 1] as number) + 1
+    const out: Array<{ name: string; body: Uint8Array }> = []
+    for await (const chunk of this.adapter.scan({ gte, lt })) {
+      for (const [k, v] of chunk) {
+        const name = utf8d.decode(k.subarray(1))
+        let body: Uint8Array
+        try {
+          body = unseal(v)
+        } catch (err) {
+          throw new StorageError('corrupt', `the saved "${name}" is corrupt (${(err as Error).message})`)
+        }
+        out.push({ name, body })
+      }
+    }
+    return out
+  }
+
+  /**
+   * A key whose state the store dropped (expired by a batch horizon): the next compaction writes
+   * the deletion of its snapshot, as for any dirty key whose state is gone.
+   */
+  forget(view: View, key: string): void {
+    this.markDirty(view.no, key)
+  }
+
   /** Forgets every snapshot of a view number whose definition was replaced. */
   dropView(viewNo: number): void {
     this.dirty.delete(viewNo)
@@ -354,7 +395,18 @@ export class Storage {
   }
 
   private afterFlush(): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed)
+    // While a batch is in flight, an empty pending batch would otherwise wait for the next write.
+    this.pending.awaited = true
     return this.enqueueRaw([])
+  }
+
+  /**
+   * Resolves once every write queued so far is durable (rejects if the storage failed): what the
+   * store holds in memory now is then on disk, and may be shown to peers as state.
+   */
+  flushed(): Promise<void> {
+    return this.afterFlush()
   }
 
   private markDirty(viewNo: number, key: string): void {
@@ -422,7 +474,7 @@ export class Storage {
       this.flushing = false
       this.inFlightBytes = 0
     }
-    if (this.pending.entries.length > 0 || this.pending.raw.length > 0) this.schedule()
+    if (this.pending.entries.length > 0 || this.pending.raw.length > 0 || this.pending.awaited) this.schedule()
     this.maybeCompact()
   }
 
@@ -585,6 +637,15 @@ export class Storage {
       const entries = decodeLogRecord(v).filter(wanted)
       if (entries.length > 0) yield entries
     }
+  }
+
+  /**
+   * True when nothing is queued, being written or compacted: until new work arrives no write
+   * will happen. A simulator steps nodes between such points so that runs replay exactly.
+   */
+  idle(): boolean {
+    const b = this.pending
+    return !this.scheduled && !this.flushing && b.entries.length === 0 && b.raw.length === 0 && !b.awaited && this.compactingNow === null
   }
 
   getStats(): StorageStats {

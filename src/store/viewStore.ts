@@ -47,6 +47,14 @@ export interface View {
 export type StoreEvent =
   | { kind: 'value'; view: View; key: string; delta: unknown; local: boolean }
   | { kind: 'define'; view: View; replaced: View | null; dropped: number }
+  /** A key whose state went (expired by a batch horizon): storage deletes its snapshot. */
+  | { kind: 'expire'; view: View; key: string }
+
+/**
+ * Says whether a key of a view is bottom: covered by a batch horizon (DESIGN.md, "Expiry is a
+ * join too"). Installed by the query layer; the store only asks it.
+ */
+export type CoverTest = (view: View, key: string) => boolean
 
 export type StoreListener = (event: StoreEvent) => void
 
@@ -60,6 +68,9 @@ export class ViewStore {
   private readonly listeners = new Set<StoreListener>()
   /** Values dropped because their view's definition lost to a concurrent one. */
   droppedByRedefinition = 0
+  private cover: CoverTest | null = null
+  /** Ops and deltas for covered keys, dropped (they join to nothing). */
+  droppedCovered = 0
 
   constructor(limits: Partial<StoreLimits> = {}) {
     this.limits = { ...DEFAULT_STORE_LIMITS, ...limits }
@@ -177,6 +188,25 @@ export class ViewStore {
 
   readonly catalogType = lwwmap
 
+  /**
+   * Installs the test of covered keys: from then on an op or a delta for a covered key joins to
+   * nothing (dropped and counted). Keys already held are the installer's to `expire`.
+   */
+  setCoverTest(test: CoverTest | null): void {
+    this.cover = test
+  }
+
+  isCovered(view: View, key: string): boolean {
+    return this.cover !== null && this.cover(view, key)
+  }
+
+  /** Drops a key's state (a batch horizon now covers it); emits 'expire'. False if it was absent. */
+  expire(view: View, key: string): boolean {
+    if (!view.states.delete(key)) return false
+    this.emit({ kind: 'expire', view, key })
+    return true
+  }
+
   /** Puts a state recovered from disk in place, without events. */
   load(view: View, key: string, state: unknown): void {
     view.states.set(key, state)
@@ -196,8 +226,10 @@ export class ViewStore {
    * Validates and applies an op; returns the delta and the new value. Nothing changes when it throws.
    * `withValue` false skips computing the value (undefined then): bulk ingest never reads it, and
    * for a large set or a dense sketch it costs far more than the op itself.
+   * A valid op for a key a batch horizon covers changes nothing: `dropped` is true, `delta` null,
+   * and the value is the type's empty value (the realtime part of a covered key is bottom).
    */
-  apply(viewName: string, key: string, rawOp: unknown, ctx: OpContext, withValue = true): { view: View; delta: unknown; value: unknown } {
+  apply(viewName: string, key: string, rawOp: unknown, ctx: OpContext, withValue = true): { view: View; delta: unknown; value: unknown; dropped?: true } {
     const view = this.view(viewName)
     const bad = checkName(key, 'a key')
     if (bad) throw new StoreError('bad_key', bad)
@@ -208,6 +240,10 @@ export class ViewStore {
     } catch (err) {
       if (err instanceof CrdtOpError) throw new StoreError('bad_op', err.message)
       throw err
+    }
+    if (this.cover !== null && this.cover(view, key)) {
+      this.droppedCovered++
+      return { view, delta: null, value: withValue ? view.type.value(view.type.empty()) : undefined, dropped: true }
     }
     let state = view.states.get(key)
     const fresh = state === undefined
@@ -226,8 +262,12 @@ export class ViewStore {
     return { view, delta, value: withValue ? view.type.value(state) : undefined }
   }
 
-  /** Joins a state or delta into a key of a view; returns true if it changed. */
+  /** Joins a state or delta into a key of a view; returns true if it changed. A covered key joins to nothing. */
   merge(view: View, key: string, delta: unknown, local = false): boolean {
+    if (this.cover !== null && this.cover(view, key)) {
+      this.droppedCovered++
+      return false
+    }
     let state = view.states.get(key)
     if (state === undefined) {
       state = view.type.empty()
