@@ -24,7 +24,7 @@ const BITS = 4
 const FANOUT = 1 << BITS
 const MAX_LEVEL = 8 // 32 bits of key hash
 /** A range of at most this many keys is shipped rather than split further. */
-const LEAF_KEYS = 4
+const LEAF_KEYS = 2
 const MAX_STATES_BYTES = 512 * 1024
 
 interface Item {
@@ -123,27 +123,30 @@ export class AntiEntropy {
         const tree = buildTree(view)
         s.trees.set(view.name, tree)
         if (tree.items.length === 0) continue
-        this.sendChildren(link, s, tree, 0, 0)
+        this.sendChildren(link, s, tree, 0, [0])
       }
       this.maybeDone(link, s)
     })
   }
 
-  private sendChildren(link: Link, s: Session, tree: Tree, level: number, prefix: number): void {
+  /** One message with the 16 children of every parent range to split at `level`. */
+  private sendChildren(link: Link, s: Session, tree: Tree, level: number, parents: number[]): void {
     const nodes: DigestNode[] = []
-    for (let c = 0; c < FANOUT; c++) {
-      const child = prefix * FANOUT + c
-      const items = range(tree, level + 1, child)
-      nodes.push({ prefix: child, digest: digestOf(items), count: items.length })
+    for (const prefix of parents) {
+      for (let c = 0; c < FANOUT; c++) {
+        const items = range(tree, level + 1, prefix * FANOUT + c)
+        nodes.push({ digest: digestOf(items), count: items.length })
+      }
     }
     s.outstanding++
-    this.sendCounted(link, { t: 'aeDigests', session: s.id, view: tree.view.name, level: level + 1, nodes })
+    this.sendCounted(link, { t: 'aeDigests', session: s.id, view: tree.view.name, level: level + 1, parents, nodes })
   }
 
   /** Encodes the range's states as they are now, into `out` (messages of at most MAX_STATES_BYTES). */
   private encodeRange(tree: Tree, items: Item[], out: WireState[][]): void {
-    let states: WireState[] = []
-    let bytes = 0
+    // Ranges of one answer share messages: one view table, not one per range.
+    let states: WireState[] = out.pop() ?? []
+    let bytes = states.reduce((t, x) => t + x.bytes.length + x.key.length, 0)
     for (const it of items) {
       const state = tree.view.states.get(it.key)
       if (state === undefined) continue
@@ -206,14 +209,15 @@ export class AntiEntropy {
         s.trees.set(m.view, tree)
       }
       const prefixes: number[] = []
-      for (const n of m.nodes) {
-        if (n.count === 0) continue
-        const mine = range(tree, m.level, n.prefix)
-        if (mine.length === n.count && digestOf(mine) === n.digest) continue
+      m.nodes.forEach((n, i) => {
+        if (n.count === 0) return
+        const prefix = (m.parents[Math.floor(i / FANOUT)] as number) * FANOUT + (i % FANOUT)
+        const mine = range(tree, m.level, prefix)
+        if (mine.length === n.count && digestOf(mine) === n.digest) return
         // Flag bit: 1 = ship the whole range now (we hold nothing there, or it is small).
         const all = mine.length === 0 || n.count <= LEAF_KEYS || m.level >= MAX_LEVEL
-        prefixes.push(n.prefix * 2 + (all ? 1 : 0))
-      }
+        prefixes.push(prefix * 2 + (all ? 1 : 0))
+      })
       this.sendCounted(link, { t: 'aeNeed', session: m.session, view: m.view, level: m.level, prefixes })
       return
     }
@@ -225,12 +229,14 @@ export class AntiEntropy {
       s.outstanding--
       if (tree) {
         const out: WireState[][] = []
+        const split: number[] = []
         for (const p of m.prefixes) {
           const prefix = Math.floor(p / 2)
           const items = range(tree, m.level, prefix)
           if (p % 2 === 1 || items.length <= LEAF_KEYS || m.level >= MAX_LEVEL) this.encodeRange(tree, items, out)
-          else this.sendChildren(link, s, tree, m.level, prefix)
+          else split.push(prefix)
         }
+        if (split.length > 0) this.sendChildren(link, s, tree, m.level, split)
         this.ship(link, s, out)
       }
       this.maybeDone(link, s)

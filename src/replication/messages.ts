@@ -41,8 +41,8 @@ export interface WireState {
   bytes: Uint8Array
 }
 
+/** A range's digest and key count; its prefix is implied by its place in the message. */
 export interface DigestNode {
-  prefix: number
   digest: number
   count: number
 }
@@ -56,7 +56,8 @@ export type Message =
   | { t: 'deltas'; deltas: WireDelta[] }
   /** States shipped by catch-up or anti-entropy; `covers`: the deltas they include, for the receiver's vector. */
   | { t: 'states'; states: WireState[]; covers: VersionVector | null }
-  | { t: 'aeDigests'; session: number; view: string; level: number; nodes: DigestNode[] }
+  /** For each parent range, the digests of its 16 children at `level`, in order. */
+  | { t: 'aeDigests'; session: number; view: string; level: number; parents: number[]; nodes: DigestNode[] }
   | { t: 'aeNeed'; session: number; view: string; level: number; prefixes: number[] }
   | { t: 'aeDone'; session: number; vv: VersionVector }
 
@@ -148,9 +149,9 @@ export function encodeMessage(m: Message): Uint8Array {
       encoding.writeVarUint(enc, m.session)
       encoding.writeVarString(enc, m.view)
       encoding.writeVarUint(enc, m.level)
-      encoding.writeVarUint(enc, m.nodes.length)
+      encoding.writeVarUint(enc, m.parents.length)
+      for (const p of m.parents) encoding.writeVarUint(enc, p)
       for (const n of m.nodes) {
-        encoding.writeVarUint(enc, n.prefix)
         encoding.writeUint32(enc, n.digest)
         encoding.writeVarUint(enc, n.count)
       }
@@ -249,10 +250,14 @@ function decodeBody(type: number, dec: decoding.Decoder, what: string): Message 
       const session = readUint(dec, what)
       const view = readString(dec, what)
       const level = readUint(dec, what)
-      const n = readCount(dec, what, 6)
+      if (level < 1 || level > 8) throw new Error(`level ${level} outside 1..8`)
+      // Each parent costs at least one byte and brings 16 children of at least 5 bytes each.
+      const n = readCount(dec, what, 81)
+      const parents: number[] = []
+      for (let i = 0; i < n; i++) parents.push(readUint(dec, what))
       const nodes: DigestNode[] = []
-      for (let i = 0; i < n; i++) nodes.push({ prefix: readUint(dec, what), digest: readU32(dec, what), count: readUint(dec, what) })
-      return { t: 'aeDigests', session, view, level, nodes }
+      for (let i = 0; i < n * 16; i++) nodes.push({ digest: readU32(dec, what), count: readUint(dec, what) })
+      return { t: 'aeDigests', session, view, level, parents, nodes }
     }
     case MSG.aeNeed: {
       const session = readUint(dec, what)
