@@ -149,6 +149,7 @@ export class Replicator {
   private readonly pending = new Set<string>()
   private catalogSource: Link | null = null
   private closed = false
+  private cancelSweep: () => void = () => {}
   readonly ae: AntiEntropy
   readonly stats: ReplicationStats = {
     deltasIn: 0,
@@ -180,7 +181,7 @@ export class Replicator {
       }
       return true
     })
-    this.options.setTimer(this.options.sweepIntervalMs, () => this.sweep())
+    this.cancelSweep = this.options.setTimer(this.options.sweepIntervalMs, () => this.sweep())
     host.store.subscribe((ev) => {
       // Local definitions; what a peer's catalog brought is relayed by onCatalog.
       if (ev.kind !== 'define' || this.catalogSource !== null) return
@@ -491,7 +492,7 @@ export class Replicator {
     for (const link of this.ready.values()) {
       if (link.gotVv && !link.lagging && !link.catchingUp && !logged.isCoveredBy(link.peerHas)) void this.catchUp(link)
     }
-    this.options.setTimer(this.options.sweepIntervalMs, () => this.sweep())
+    this.cancelSweep = this.options.setTimer(this.options.sweepIntervalMs, () => this.sweep())
   }
 
   // ---- deltas ----
@@ -672,6 +673,7 @@ export class Replicator {
 
   close(): void {
     this.closed = true
+    this.cancelSweep()
     for (const link of [...this.links]) {
       link.channel.close(CLOSE.normal, 'node is shutting down')
       this.closed_(link)

@@ -36,7 +36,14 @@ function levelAdapter(db: Db, dir: string): StorageAdapter {
     },
     async write(ops: WriteOp[], { sync }) {
       if (ops.length === 0) return
-      await db.batch(ops, { sync })
+      // A chained batch: the array form with options copies the options into every op, which
+      // blocked the event loop ~20 ms per 1000-op batch (measured by bench/storage.ts).
+      const b = db.batch()
+      for (const op of ops) {
+        if (op.type === 'put') b.put(op.key, op.value)
+        else b.del(op.key)
+      }
+      await b.write({ sync })
     },
     async *scan(range: KeyRange, opts = {}) {
       const it = db.iterator({ gte: range.gte, lt: range.lt, reverse: opts.reverse ?? false, limit: opts.limit ?? -1 })
