@@ -12,12 +12,14 @@
  * - Nodes are real `node dist/src/cli/main.js start` children, each with the gcounter view `pv`
  *   from a --views file. Node i dials nodes j > i (a full mesh, one link per pair); the mesh is up
  *   once every node's GET /peers shows the other two connected.
+ * - One 1-node and one 3-node cluster serve every round of figures 1 and 2 (each round adds
+ *   writes to the same nodes): child start-up would otherwise be most of a smoke run's time.
  * - Writes are {"inc": 1} over `key:<i>`, keys drawn uniformly with a seeded PRNG; a closed loop of
- *   16 keep-alive HTTP clients, write i going to node i mod N (round robin).
+ *   16 keep-alive HTTP clients for a fixed time, write i going to node i mod N (round robin).
  * - replicated_writes_per_s counts a write once it is acknowledged by its node AND durable on the
- *   other two: the clock stops when every node's GET /peers shows every peer connected with
- *   lagOps 0 (the peers acknowledged everything this node holds). Acks alone would hide a backlog
- *   of replication; the ack-only rate is printed as progress.
+ *   other two: the clock stops when, by every node's /metrics, its own acknowledged writes plus
+ *   the remote deltas it applied equal the writes of all nodes and nothing waits for disk. Acks
+ *   alone would hide a backlog of replication; the ack-only rate is printed as progress.
  * - The machine's cores (2 on the CI boxes) are shared by all the nodes and the client: the
  *   3-node figure pays for three nodes' CPU on the same cores, so its ratio is the cost of
  *   replication on one machine, not of a cluster of three machines.
@@ -350,8 +352,11 @@ async function startCluster(n: number): Promise<Cluster> {
       /**
        * Each node's own acknowledged writes plus the remote deltas it applied equal the writes of
        * all nodes, and nothing waits for disk. Not GET /peers' lagOps: a peer's acknowledgements
-       * can stay stale for good once traffic stops (see the report in the suite's notes), so
-       * lagOps may never reach 0 although every node holds everything.
+       * can stay stale for good once traffic stops (a receiver acknowledges only when it gets
+       * something, possibly before it is durable, and never for what it sent itself), so
+       * lagOps may never reach 0 although every node holds everything. Deltas that arrive folded
+       * into states (a link that fell behind and caught up) are not in deltasIn: such a run times
+       * out, and describe() shows the catch-up bytes that explain it.
        */
       async converged() {
         const cs = await Promise.all(nodes.map(countersOf))
@@ -663,7 +668,7 @@ async function openPair(keys: number, mode: 'log' | 'ae'): Promise<Pair> {
 
 /**
  * B holds every delta A holds, durably. B's own vector, not A's view of B's acknowledgements:
- * those can stay stale once traffic stops (see the suite's report).
+ * those can stay stale once traffic stops (see Cluster.converged).
  */
 function synced(A: SpeedNode, B: SpeedNode): boolean {
   return B.storage.logged.get('A') >= A.storage.logged.get('A') && B.storage.getStats().pendingBytes === 0

@@ -499,8 +499,11 @@ export class Replicator {
 
   private onDeltas(link: Link, deltas: WireDelta[]): void {
     const { store, storage } = this.host
+    // A peer ships only deltas durable on its side: what it sends, it has acknowledged.
+    const known = this.known.get(link.peer as string)
     for (const d of deltas) {
       link.peerHas.add(d.origin, d.seq)
+      known?.acked.add(d.origin, d.seq)
       const id = `${d.origin}\u0000${d.seq}`
       if (storage.logged.covers(d.origin, d.seq) || this.pending.has(id)) {
         this.stats.duplicatesIn++
@@ -518,10 +521,15 @@ export class Replicator {
       this.pending.add(id)
       this.stats.deltasIn++
       storage.append(view, d.key, delta, d.origin, d.seq).then(
-        () => this.pending.delete(id),
+        () => {
+          this.pending.delete(id)
+          // Acknowledge once durable: an ack sent before would leave these out for good.
+          this.scheduleAck(link)
+        },
         () => this.pending.delete(id),
       )
     }
+    if (known) this.updateBehind(known)
     this.scheduleAck(link)
   }
 
