@@ -10,6 +10,7 @@ const SUITES: Record<string, () => Promise<Suite>> = {
   crdts: async () => (await import('./crdts.js')).suite,
   storage: async () => (await import('./storage.js')).suite,
   replication: async () => (await import('./replication.js')).suite,
+  ingest: async () => (await import('./ingest.js')).suite,
 }
 
 const USAGE = `usage: node dist/bench/main.js [NAME...] [--json] [--quick]   (NAME: ${Object.keys(SUITES).join(', ')})`

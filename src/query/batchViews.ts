@@ -181,7 +181,7 @@ export class BatchViews {
     let valid: BatchEntries
     if (entries instanceof BatchEntries) {
       valid = entries
-      if (valid.view !== this.host.store.view(name) || valid.horizon !== horizon) throw new QueryError(400, 'bad_param', 'the entries were validated for another view or horizon')
+      if (valid.view !== this.host.store.view(name) || valid.horizon !== horizon) throw new QueryError(409, 'conflict', `view "${name}" was redefined while its batch view was read (or the entries were checked for another horizon); import it again`)
     } else {
       valid = this.begin(name, horizon)
       const list = Symbol.iterator in entries ? (entries as Iterable<readonly [string, unknown]>) : Object.entries(entries)

@@ -76,7 +76,11 @@ export function parseTime(raw: string): number {
     const n = Number(raw)
     return Number.isSafeInteger(n) ? n : NaN
   }
-  if (!/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,3})?)?(?:Z|[+-]\d{2}:\d{2})$/.test(raw)) return NaN
+  const m = /^(\d{4})-(\d{2})-(\d{2})T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,3})?)?(?:Z|[+-]\d{2}:\d{2})$/.exec(raw)
+  if (!m) return NaN
+  // Date.parse rolls "2025-02-30" over to March 2: a day the month does not have is refused.
+  const [y, mo, d] = [Number(m[1]), Number(m[2]), Number(m[3])]
+  if (mo < 1 || mo > 12 || d < 1 || d > new Date(Date.UTC(y, mo, 0)).getUTCDate()) return NaN
   const ms = Date.parse(raw)
   return Number.isNaN(ms) || ms < 0 ? NaN : ms
 }

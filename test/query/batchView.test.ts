@@ -196,6 +196,8 @@ describe('batch values and keys', () => {
     expect(parseTime('2025-06-01T10:00:00Z')).toBe(Date.UTC(2025, 5, 1, 10))
     expect(parseTime('2025-06-01T12:00:00+02:00')).toBe(Date.UTC(2025, 5, 1, 10))
     expect(parseTime('2025-06-01')).toBeNaN()
+    expect(parseTime('2025-02-30T00:00:00Z')).toBeNaN()
+    expect(parseTime('2024-02-29T00:00:00Z')).toBe(Date.UTC(2024, 1, 29))
     expect(parseTime('-5')).toBeNaN()
     expect(parseTime('soon')).toBeNaN()
   })
