@@ -16,7 +16,7 @@
 import * as encoding from 'lib0/encoding'
 import { hash64, hash64Bytes } from '../../crdts/hash.js'
 import type { ViewStore, View } from '../store/viewStore.js'
-import type { VersionVector } from './versionVector.js'
+import type { VersionVector } from '../storage/versionVector.js'
 import type { DigestNode, Message, WireState } from './messages.js'
 import type { Link, ReplicationStats } from './replicator.js'
 

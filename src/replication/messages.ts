@@ -7,7 +7,7 @@
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 import { readByte, readBytes, readCount, readString, readU32, readUint } from '../../crdts/codec.js'
-import { VersionVector } from './versionVector.js'
+import { VersionVector } from '../storage/versionVector.js'
 
 export const PROTOCOL_VERSION = 1
 

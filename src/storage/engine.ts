@@ -11,7 +11,7 @@
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 import type { ViewStore, View } from '../store/viewStore.js'
-import { VersionVector } from '../replication/versionVector.js'
+import { VersionVector } from './versionVector.js'
 import { StorageError, type StorageAdapter, type WriteOp } from './adapter.js'
 import {
   LOG_RANGE,

@@ -28,7 +28,7 @@ import { E2E, lines, type HttpClient, type StartedNode } from './helpers.js'
 import { TcpProxy } from './proxy.js'
 import { CLOSE } from '../../src/replication/replicator.js'
 import { decodeMessage, encodeMessage, PROTOCOL_VERSION, type Message } from '../../src/replication/messages.js'
-import { VersionVector } from '../../src/replication/versionVector.js'
+import { VersionVector } from '../../src/storage/versionVector.js'
 import { openNode, type SpeedNode } from '../../src/node.js'
 import { startServer, type SpeedServer } from '../../src/server/http.js'
 

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest'
 import fc from 'fast-check'
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
-import { VersionVector } from '../../src/replication/versionVector.js'
+import { VersionVector } from '../../src/storage/versionVector.js'
 
 type Op = { origin: string; start: number; len: number }
 const opArb: fc.Arbitrary<Op> = fc.record({ origin: fc.constantFrom('a', 'b', 'c'), start: fc.integer({ min: 1, max: 60 }), len: fc.integer({ min: 1, max: 6 }) })
