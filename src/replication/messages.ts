@@ -21,6 +21,7 @@ export const MSG = {
   aeDigests: 7,
   aeNeed: 8,
   aeDone: 9,
+  ext: 10,
 } as const
 
 /** A delta as it travels: its origin and sequence, and which key of which view it changes. */
@@ -60,6 +61,8 @@ export type Message =
   | { t: 'aeDigests'; session: number; view: string; level: number; parents: number[]; nodes: DigestNode[] }
   | { t: 'aeNeed'; session: number; view: string; level: number; prefixes: number[] }
   | { t: 'aeDone'; session: number; vv: VersionVector }
+  /** A message of an extension (Yjs documents, batch views): a channel name and opaque bytes that extension decodes. */
+  | { t: 'ext'; channel: string; payload: Uint8Array }
 
 export class ProtocolError extends Error {
   override readonly name = 'ProtocolError'
@@ -167,6 +170,10 @@ export function encodeMessage(m: Message): Uint8Array {
       encoding.writeVarUint(enc, m.session)
       m.vv.encode(enc)
       break
+    case 'ext':
+      encoding.writeVarString(enc, m.channel)
+      encoding.writeVarUint8Array(enc, m.payload)
+      break
   }
   return encoding.toUint8Array(enc)
 }
@@ -270,6 +277,8 @@ function decodeBody(type: number, dec: decoding.Decoder, what: string): Message 
     }
     case MSG.aeDone:
       return { t: 'aeDone', session: readUint(dec, what), vv: VersionVector.decode(dec, what) }
+    case MSG.ext:
+      return { t: 'ext', channel: readString(dec, what), payload: readBytes(dec, what) }
     default:
       throw new ProtocolError(type, 0, `unknown message type ${type}`)
   }

@@ -75,6 +75,29 @@ export const DEFAULT_REPLICATOR_OPTIONS: Omit<ReplicatorOptions, 'setTimer'> = {
   sweepIntervalMs: 1000,
 }
 
+/**
+ * An extension rides on the peer links without the replicator knowing its data: Yjs documents
+ * and batch views each register one. It sees links come and go and receives its own messages;
+ * relay, catch-up and deduplication are its business (its payloads are usually idempotent joins,
+ * so it can flood changes to every other peer and stop where nothing changed).
+ */
+export interface ExtensionHandler {
+  /** A link to `peer` finished its handshake (also after a reconnect or a `connect`). */
+  linkUp?(peer: string): void
+  linkDown?(peer: string): void
+  /** A message from `peer`; throwing closes that link as malformed. */
+  message(peer: string, payload: Uint8Array): void
+}
+
+export interface ExtensionPort {
+  /** Sends to one connected peer; false when it is not connected. */
+  send(peer: string, payload: Uint8Array): boolean
+  /** The peers connected now. */
+  peers(): string[]
+  /** Bytes queued towards a peer and not yet on the network (for backpressure). */
+  bufferedAmount(peer: string): number
+}
+
 export interface PeerInfo {
   replica: string | null
   url: string | null
@@ -148,6 +171,7 @@ export class Replicator {
   /** Remote deltas taken but not yet durable: a duplicate arriving meanwhile is skipped. */
   private readonly pending = new Set<string>()
   private catalogSource: Link | null = null
+  private readonly extensions = new Map<string, ExtensionHandler>()
   private closed = false
   private cancelSweep: () => void = () => {}
   readonly ae: AntiEntropy
@@ -213,6 +237,7 @@ export class Replicator {
     if (link.peer !== null && this.ready.get(link.peer) === link) {
       this.ready.delete(link.peer)
       this.host.log(`peer ${link.peer} disconnected`)
+      for (const x of this.extensions.values()) x.linkDown?.(link.peer)
     }
     this.ae.linkClosed(link)
   }
@@ -281,6 +306,12 @@ export class Replicator {
       case 'aeNeed':
       case 'aeDone':
         return this.ae.handle(link, m, (covers: VersionVector) => this.onAeDone(link, covers))
+      case 'ext': {
+        const x = this.extensions.get(m.channel)
+        // An extension this node lacks (an older version): ignoring it keeps the views flowing.
+        if (x) x.message(link.peer as string, m.payload)
+        return
+      }
     }
   }
 
@@ -338,6 +369,24 @@ export class Replicator {
     this.host.log(`peer ${peer} connected (${link.dialled ? 'dialled' : 'accepted'})`)
     this.sendCatalog(link)
     this.send(link, { t: 'vv', vv: this.host.storage.logged })
+    for (const x of this.extensions.values()) x.linkUp?.(peer)
+  }
+
+  // ---- extensions ----
+
+  extension(channel: string, handler: ExtensionHandler): ExtensionPort {
+    if (this.extensions.has(channel)) throw new Error(`extension ${channel} is registered already`)
+    this.extensions.set(channel, handler)
+    return {
+      send: (peer, payload) => {
+        const link = this.ready.get(peer)
+        if (!link) return false
+        this.send(link, { t: 'ext', channel, payload })
+        return true
+      },
+      peers: () => [...this.ready.keys()],
+      bufferedAmount: (peer) => this.ready.get(peer)?.channel.bufferedAmount() ?? 0,
+    }
   }
 
   // ---- catalog ----
