@@ -108,7 +108,7 @@ class LiveDoc {
   readonly conns = new Set<Conn>()
   outbox: Outbox | null = null
   compactScheduled = false
-  compacting = false
+  compacting: Promise<void> | null = null
   compactionsSinceDisk = 0
   /** Seq of the last directory record written for this document. */
   dirSeq: number
@@ -411,7 +411,7 @@ export class YjsDocs {
   }
 
   private maybeCompact(live: LiveDoc): void {
-    if (live.compactScheduled || live.compacting || this.closing) return
+    if (live.compactScheduled || live.compacting !== null || this.closing) return
     const o = this.options
     if (live.updates >= o.compactUpdates || live.updateBytes >= Math.max(o.compactMinBytes, live.snapshotBytes)) {
       live.compactScheduled = true
@@ -424,17 +424,17 @@ export class YjsDocs {
    * Replaces the document's entries by one snapshot of its state now. Queued behind every update
    * appended so far, in one batch with the deletion of what it includes.
    */
-  private compact(live: LiveDoc): void {
+  private compact(live: LiveDoc): Promise<void> {
     live.compactScheduled = false
-    if (live.entry.live !== live || this.store.failed || this.closing) return
-    live.compacting = true
+    if (live.compacting) return live.compacting
+    if (live.entry.live !== live || this.store.failed || this.closing) return Promise.resolve()
     const e = live.entry
     const seq = live.lastSeq
     const snapshot = Y.encodeStateAsUpdate(live.ydoc)
     const updatesAt = live.updates
     const bytesAt = live.updateBytes
     const dir: DocDir = { seq, sv: Y.encodeStateVector(live.ydoc), dsHash: deleteSetHash(live.ydoc), bytes: DocStore.entryBytes(snapshot), updates: 0 }
-    this.store
+    live.compacting = this.store
       .replace(e.name, seq, snapshot, live.firstSeq, dir)
       .then(
         () => {
@@ -455,9 +455,10 @@ export class YjsDocs {
         () => {},
       )
       .finally(() => {
-        live.compacting = false
+        live.compacting = null
         if (live.entry.live === live) this.maybeCompact(live)
       })
+    return live.compacting
   }
 
   /** The directory record of a loaded document as of now. */
@@ -708,6 +709,16 @@ export class YjsDocs {
     return Y.encodeStateAsUpdate(live.ydoc)
   }
 
+  /**
+   * Compacts the document now (the background compactor does it once updates pass the bound);
+   * resolves once its snapshot is durable.
+   */
+  async compactNow(name: string): Promise<void> {
+    const live = await this.acquire(name)
+    if (live.compacting) await live.compacting
+    await this.compact(live)
+  }
+
   /** Resolves once everything applied so far is durable. */
   flushed(): Promise<void> {
     return this.store.barrier()
@@ -727,7 +738,7 @@ export class YjsDocs {
 
   /** Whether the document may leave memory now. */
   private idle(live: LiveDoc): boolean {
-    return live.conns.size === 0 && live.outbox === null && !live.compacting && !live.compactScheduled && live.entry.waiting.length === 0
+    return live.conns.size === 0 && live.outbox === null && live.compacting === null && !live.compactScheduled && live.entry.waiting.length === 0
   }
 
   async unload(live: LiveDoc): Promise<void> {
