@@ -69,6 +69,8 @@ export interface PeerSink {
   update(name: string, update: Uint8Array, except: string | null): void
   awareness(name: string, update: Uint8Array, except: string | null): void
   counters(): { updatesOut: number; catchUpUpdates: number; catchUpBytes: number }
+  /** Whether any connected peer but `except` would get an update now. */
+  wanted(except: string | null): boolean
 }
 
 export interface DocInfo {
@@ -393,13 +395,19 @@ export class YjsDocs {
   /** The updates of one durable batch go to the document's clients and to the peers. */
   private deliver(live: LiveDoc, ob: Outbox): void {
     if (live.outbox === ob) live.outbox = null
-    const merged = ob.updates.length === 1 ? (ob.updates[0] as Uint8Array) : Y.mergeUpdates(ob.updates)
     // A single author does not need its own edits back; with several, everyone gets the merge.
     const first = ob.origins[0] as Origin
     const single = ob.origins.every((o) => sameOrigin(o, first)) ? first : null
-    const msg = encodeUpdate(merged)
-    for (const c of live.conns) if (!(single?.kind === 'client' && single.conn === c)) this.send(c, msg)
-    this.peers?.update(live.entry.name, merged, single?.kind === 'peer' ? single.peer : null)
+    const except = single?.kind === 'client' ? single.conn : null
+    const toClients = live.conns.size > (except !== null && live.conns.has(except) ? 1 : 0)
+    const toPeers = this.peers !== null && this.peers.wanted(single?.kind === 'peer' ? single.peer : null)
+    if (!toClients && !toPeers) return
+    const merged = ob.updates.length === 1 ? (ob.updates[0] as Uint8Array) : Y.mergeUpdates(ob.updates)
+    if (toClients) {
+      const msg = encodeUpdate(merged)
+      for (const c of live.conns) if (c !== except) this.send(c, msg)
+    }
+    if (toPeers) this.peers?.update(live.entry.name, merged, single?.kind === 'peer' ? single.peer : null)
   }
 
   private storageFailed(live: LiveDoc, ob: Outbox, err: Error): void {

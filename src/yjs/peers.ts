@@ -257,6 +257,11 @@ export class YjsPeers implements PeerSink {
     return { updatesOut: this.stats.updatesOut, catchUpUpdates: this.stats.catchUpUpdates, catchUpBytes: this.stats.catchUpBytes }
   }
 
+  wanted(except: string | null): boolean {
+    for (const s of this.sessions.values()) if (s.peer !== except && !s.lagging) return true
+    return false
+  }
+
   update(name: string, update: Uint8Array, except: string | null): void {
     for (const s of this.sessions.values()) {
       if (s.peer === except || !this.keepingUp(s)) continue
