@@ -281,10 +281,34 @@ export class DocStore {
     return this.enqueue(...ops)
   }
 
-  /** Gives the space of a document's deleted entries back to the file system. */
-  async compactDisk(name: string): Promise<void> {
+  /**
+   * Gives the space of a document's deleted entries back to the file system. `firstSeq` is the
+   * seq of its snapshot (entries before it were deleted).
+   *
+   * Why twice, with a write in between: LevelDB's CompactRange first writes its memtable out,
+   * and a table that overlaps nothing goes straight to level 2, which CompactRange then leaves
+   * alone (it compacts only the levels above the deepest one holding the range). Deleted entries
+   * and their tombstones would stay on disk until some later write came to overlap them. A key
+   * written and deleted again inside the range makes the second memtable table land above them
+   * (level 1), and the second CompactRange merges it down, dropping what was deleted.
+   */
+  async compactDisk(name: string, firstSeq: number): Promise<void> {
     if (this.closed) return
-    await this.adapter.compact(docRange(name))
+    const range = docRange(name)
+    await this.adapter.compact(range)
+    if (firstSeq < 2 || this.closed) return
+    // Between entry firstSeq - 1 (deleted) and firstSeq: inside what the first pass wrote out.
+    const k = dataKey(name, firstSeq - 1)
+    const marker = new Uint8Array(k.length + 1)
+    marker.set(k, 0)
+    await this.adapter.write(
+      [
+        { type: 'put', key: marker, value: new Uint8Array(0) },
+        { type: 'del', key: marker },
+      ],
+      { sync: false },
+    )
+    await this.adapter.compact(range)
   }
 
   /** Resolves once everything queued so far is durable (rejects if a write failed). */

@@ -183,8 +183,11 @@ describe('/yjs routes', () => {
     const n = await node()
     const c = client(n, 'listed')
     await synced(c)
-    for (let i = 0; i < 5; i++) c.text.insert(i, String(i))
-    await pollUntil('five updates durable', () => n.node.yjs.list()[0]?.updatesSinceCompaction === 5)
+    // Edits of one turn of the event loop are applied and stored as one update: one at a time.
+    for (let i = 0; i < 5; i++) {
+      c.text.insert(i, String(i))
+      await pollUntil(`update ${i + 1} durable`, () => n.node.yjs.list()[0]?.updatesSinceCompaction === i + 1)
+    }
     const list = (await (await fetch(n.url + '/yjs')).json()) as Array<Record<string, unknown>>
     expect(list).toEqual([{ name: 'listed', bytes: expect.any(Number), clients: 1, updatesSinceCompaction: 5, loaded: true }])
     expect(list[0]?.bytes as number).toBeGreaterThan(5 * 6)
@@ -200,12 +203,13 @@ describe('/yjs routes', () => {
     await synced(c)
     c.text.insert(0, 'remember me')
     c.map.set('k', 'v')
-    await pollUntil('the edits durable', () => n.node.yjs.list()[0]?.updatesSinceCompaction === 2)
+    await pollUntil('the edits durable', () => (n.node.yjs.list()[0]?.updatesSinceCompaction ?? 0) >= 1)
+    const updates = n.node.yjs.list()[0]?.updatesSinceCompaction
     c.close()
     clients.length = 0
     await pollUntil('the document unloaded', () => n.node.yjs.list()[0]?.loaded === false)
     expect(n.node.yjs.getStats().unloads).toBeGreaterThanOrEqual(1)
-    expect(n.node.yjs.list()[0]).toMatchObject({ name: 'idle', clients: 0, updatesSinceCompaction: 2 })
+    expect(n.node.yjs.list()[0]).toMatchObject({ name: 'idle', clients: 0, updatesSinceCompaction: updates })
     const again = client(n, 'idle')
     await synced(again)
     await until([again.doc], () => again.text.toString() === 'remember me' && again.map.get('k') === 'v', 'the document back', 2000)
