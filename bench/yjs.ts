@@ -66,7 +66,7 @@ interface Sizes {
 function sizes(quick: boolean): Sizes {
   return quick
     ? { runs: 3, oneDocWriters: 20, oneDocUpdates: 25, docs: 100, docWriters: 2, docUpdates: 5, coldUpdates: 5000, syncBytes: 1 << 20, idleDocs: 200 }
-    : { runs: 3, oneDocWriters: 20, oneDocUpdates: 500, docs: 100, docWriters: 2, docUpdates: 50, coldUpdates: 100_000, syncBytes: 10 << 20, idleDocs: 1000 }
+    : { runs: 5, oneDocWriters: 20, oneDocUpdates: 500, docs: 100, docWriters: 2, docUpdates: 50, coldUpdates: 100_000, syncBytes: 10 << 20, idleDocs: 1000 }
 }
 
 const quiet = (): void => {}
@@ -98,7 +98,7 @@ async function removeDir(d: string): Promise<void> {
   liveDirs.delete(d)
 }
 
-interface Server {
+export interface Server {
   name: string
   url: string
   stop(): Promise<void>
@@ -206,7 +206,7 @@ interface Writer {
 }
 
 /** `n` small updates of one Yjs client: one character typed at the end of its own text. */
-function writer(id: number, n: number): Writer {
+export function writer(id: number, n: number): Writer {
   const doc = new Y.Doc()
   doc.clientID = id
   const messages: Uint8Array[] = []
@@ -220,7 +220,7 @@ function writer(id: number, n: number): Writer {
  * One round: `writers[d]` write to document d (room `${room}-${d}`) at once; resolves with the
  * ms until every document's watcher has every other writer's last update.
  */
-async function writeRound(server: Server, room: string, writers: Writer[][]): Promise<number> {
+export async function writeRound(server: Server, room: string, writers: Writer[][]): Promise<number> {
   const base = server.url.replace(/^http/, 'ws') + '/yjs/'
   const sockets: WebSocket[][] = await Promise.all(writers.map((ws, d) => Promise.all(ws.map(() => openSocket(`${base}${room}-${d}`)))))
   try {
@@ -348,6 +348,7 @@ async function coldLoad(o: SuiteOptions, z: Sizes): Promise<void> {
     // What `storeUpdate` writes, update by update, without its per-update read of the last clock
     // (2-3 ms each: minutes for 100k): the same keys and values, in batches.
     const raw = new ClassicLevel<Uint8Array, Uint8Array>(join(theirsDir, 'db'), { keyEncoding: 'view', valueEncoding: 'view' })
+    await raw.open()
     for (let i = 0; i < updates.length; i += 10_000) {
       const b = raw.batch()
       for (let k = i; k < Math.min(updates.length, i + 10_000); k++) b.put(yKeyEncoding.encode(['v1', 'doc', 'update', k]), updates[k] as Uint8Array)

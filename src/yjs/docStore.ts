@@ -19,7 +19,8 @@ import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 import { readBytes, readUint } from '../../crdts/codec.js'
 import { StorageError, type KeyRange, type StorageAdapter, type WriteOp } from '../storage/adapter.js'
-import { LayoutError, YJS_PREFIX, seal, unseal } from '../storage/layout.js'
+import { crc32 } from 'node:zlib'
+import { LAYOUT_VERSION, LayoutError, YJS_PREFIX, seal, unseal } from '../storage/layout.js'
 
 const DIR = 0x64 // 'd'
 const DATA = 0x75 // 'u'
@@ -66,7 +67,13 @@ export interface DirectoryEntry {
   lastSeq: number
 }
 
+/** Key prefixes of recent names: an update's key is built for every update. */
+const prefixes = new Map<string, Uint8Array>()
+
 function namePrefix(name: string): Uint8Array {
+  const cached = prefixes.get(name)
+  if (cached) return cached
+  if (prefixes.size >= 4096) prefixes.clear()
   const nb = utf8.encode(name)
   if (nb.length > 0xffff) throw new LayoutError('document name too long')
   const k = new Uint8Array(4 + nb.length)
@@ -75,6 +82,7 @@ function namePrefix(name: string): Uint8Array {
   k[2] = nb.length >>> 8
   k[3] = nb.length & 0xff
   k.set(nb, 4)
+  prefixes.set(name, k)
   return k
 }
 
@@ -107,11 +115,14 @@ const DIR_RANGE: KeyRange = { gte: Uint8Array.of(YJS_PREFIX, DIR), lt: Uint8Arra
 /** The whole Yjs region, for whoever wants its size. */
 export const YJS_RANGE: KeyRange = { gte: Uint8Array.of(YJS_PREFIX), lt: Uint8Array.of(YJS_PREFIX + 1) }
 
+/** `seal([kind, ...bytes])`, in one allocation (every update goes through here). */
 function sealEntry(kind: number, bytes: Uint8Array): Uint8Array {
-  const body = new Uint8Array(1 + bytes.length)
-  body[0] = kind
-  body.set(bytes, 1)
-  return seal(body)
+  const out = new Uint8Array(6 + bytes.length)
+  out[0] = LAYOUT_VERSION
+  out[5] = kind
+  out.set(bytes, 6)
+  new DataView(out.buffer).setUint32(1, crc32(out.subarray(5)), true)
+  return out
 }
 
 export function encodeDir(d: DocDir): Uint8Array {

@@ -17,7 +17,7 @@ import * as Y from 'yjs'
 import * as encoding from 'lib0/encoding'
 import { Awareness, applyAwarenessUpdate, encodeAwarenessUpdate, removeAwarenessStates } from 'y-protocols/awareness'
 import type { StorageAdapter } from '../storage/adapter.js'
-import { DocStore, type DocDir } from './docStore.js'
+import { DocStore, type DocDir, type StoredDoc } from './docStore.js'
 import { encodeAwareness, encodeSyncStep1, encodeSyncStep2, encodeUpdate, parseClientMessage } from './protocol.js'
 import type { DocSummary } from './peerMessages.js'
 
@@ -229,6 +229,8 @@ export class YjsDocs {
   private peers: PeerSink | null = null
   private closing: Promise<void> | null = null
   private readonly toDrain = new Set<LiveDoc>()
+  /** Per pending batch, the documents whose updates go out once it is written. */
+  private readonly deliveries = new Map<Promise<void>, Array<[LiveDoc, Outbox]>>()
   private drainScheduled = false
   private sweepTimer: NodeJS.Timeout | null = null
   readonly stats: YjsStats = {
@@ -334,6 +336,12 @@ export class YjsDocs {
       fn(e.live)
       return
     }
+    if (e.dir === null && e.loading === null) {
+      // Never written here: nothing on disk to read (a document's first update writes its record).
+      e.live = this.makeLive(e, null)
+      fn(e.live)
+      return
+    }
     e.waiting.push(fn)
     e.loading ??= this.load(e)
   }
@@ -347,14 +355,7 @@ export class YjsDocs {
   private async load(e: DocEntry): Promise<LiveDoc> {
     let live: LiveDoc
     try {
-      const stored = await this.store.read(e.name)
-      const ydoc = new Y.Doc()
-      if (stored.snapshot) Y.applyUpdate(ydoc, stored.snapshot)
-      // One transaction: many small updates apply far faster that way than merged first by Y.mergeUpdates.
-      if (stored.updates.length > 0) ydoc.transact(() => stored.updates.forEach((u) => Y.applyUpdate(ydoc, u)))
-      live = new LiveDoc(e, ydoc, stored.firstSeq, stored.lastSeq, stored.snapshotBytes, stored.updates.length, stored.updateBytes, this.options.now())
-      // Listening only now: what was loaded is on disk already.
-      ydoc.on('update', (update: Uint8Array, origin: unknown) => this.onDocUpdate(live, update, origin as Origin))
+      live = this.makeLive(e, await this.store.read(e.name))
       this.stats.loads++
     } catch (err) {
       e.loading = null
@@ -370,6 +371,19 @@ export class YjsDocs {
     e.waiting = []
     for (const w of waiting) w(live)
     // A document loaded for nothing (e.g. by catch-up) still unloads when idle.
+    return live
+  }
+
+  /** A document in memory, from what `read` found on disk (null: nothing). */
+  private makeLive(e: DocEntry, stored: StoredDoc | null): LiveDoc {
+    // The guid is the name: Y.Doc's default guid, a random uuid, costs ~0.8 ms of webcrypto calls.
+    const ydoc = new Y.Doc({ guid: e.name })
+    if (stored?.snapshot) Y.applyUpdate(ydoc, stored.snapshot)
+    // One transaction: many small updates apply far faster that way than merged first by Y.mergeUpdates.
+    if (stored && stored.updates.length > 0) ydoc.transact(() => stored.updates.forEach((u) => Y.applyUpdate(ydoc, u)))
+    const live = new LiveDoc(e, ydoc, stored?.firstSeq ?? 0, stored?.lastSeq ?? 0, stored?.snapshotBytes ?? 0, stored?.updates.length ?? 0, stored?.updateBytes ?? 0, this.options.now())
+    // Listening only now: what was loaded is on disk already.
+    ydoc.on('update', (update: Uint8Array, origin: unknown) => this.onDocUpdate(live, update, origin as Origin))
     return live
   }
 
@@ -394,12 +408,24 @@ export class YjsDocs {
     this.stats.updateBytes += update.length
     let ob = live.outbox
     if (ob === null || ob.batch !== batch) {
-      const fresh: Outbox = { batch, updates: [], origins: [] }
-      live.outbox = ob = fresh
-      batch.then(
-        () => this.deliver(live, fresh),
-        (err: Error) => this.storageFailed(live, fresh, err),
-      )
+      live.outbox = ob = { batch, updates: [], origins: [] }
+      let list = this.deliveries.get(batch)
+      if (!list) {
+        // One callback per batch for every document it holds.
+        const docs: Array<[LiveDoc, Outbox]> = (list = [])
+        this.deliveries.set(batch, docs)
+        batch.then(
+          () => {
+            this.deliveries.delete(batch)
+            for (const [l, o] of docs) this.deliver(l, o)
+          },
+          (err: Error) => {
+            this.deliveries.delete(batch)
+            for (const [l, o] of docs) this.storageFailed(l, o, err)
+          },
+        )
+      }
+      list.push([live, ob])
     }
     ob.updates.push(update)
     ob.origins.push(origin)

@@ -213,6 +213,7 @@ describe('/yjs routes', () => {
     const again = client(n, 'idle')
     await synced(again)
     await until([again.doc], () => again.text.toString() === 'remember me' && again.map.get('k') === 'v', 'the document back', 2000)
-    expect(n.node.yjs.getStats().loads).toBeGreaterThanOrEqual(2)
+    // Created in memory the first time (nothing on disk to read), loaded from disk the second.
+    expect(n.node.yjs.getStats().loads).toBe(1)
   })
 })
