@@ -19,6 +19,8 @@ import { replicateBatchViews, type BatchReplicationStats } from './query/batchRe
 import { BatchViews, type BatchEntries, type BatchStats, type ImportResult } from './query/batchViews.js'
 import { queryKey, queryRange, type PointAnswer, type RangeAnswer, type RangeQuery } from './query/answer.js'
 import type { Stamp } from '../crdts/hlc.js'
+import { YjsDocs, type YjsOptions } from './yjs/docs.js'
+import { YjsPeers } from './yjs/peers.js'
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 
@@ -48,6 +50,8 @@ export interface NodeOptions {
   /** Largest peer message accepted. */
   maxPeerPayload?: number
   replication?: Partial<Omit<ReplicatorOptions, 'secret' | 'setTimer'>>
+  /** Yjs documents: idle unloading and compaction bounds (src/yjs/docs.ts). */
+  yjs?: Partial<Omit<YjsOptions, 'fsync' | 'now' | 'log'>>
 }
 
 export class NodeError extends Error {
@@ -114,6 +118,8 @@ export interface SpeedNode {
   readonly replication: NodeReplication
   /** Batch views (src/query/): imports, and the join for batch views from peers. */
   readonly batch: NodeBatch
+  /** Yjs documents (src/yjs/): what /yjs serves, persisted in the node's LevelDB and replicated to its peers. */
+  readonly yjs: YjsDocs
   /** A key answered from the batch view (covered buckets, exact) or the realtime view (GET /query/:view/:key). */
   query(view: string, key: string): PointAnswer
   /** One value over the buckets `prefix|<start>` with start in [from, to) (GET /query/:view?prefix=...). */
@@ -197,12 +203,14 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
   })
   const batch = new BatchViews({ store, storage, tick: () => tick().time, replica: options.id, now, maxDriftMs: maxDrift })
   let recovery: RecoveryReport
+  let yjs: YjsDocs
   try {
     await storage.claimReplica(options.id)
     // Before the log replay, so that deltas of covered buckets are dropped as they are replayed.
     await batch.load()
     recovery = await storage.recover(log)
     batch.sweep()
+    yjs = await YjsDocs.open(adapter, { ...options.yjs, fsync: options.fsync ?? options.storage?.fsync ?? false, now, log })
   } catch (err) {
     await adapter.close().catch(() => {})
     throw err
@@ -236,6 +244,7 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
   )
   const batchReplication = replicateBatchViews(batch, store, replicator, log)
   const transportOptions = { maxPayload: options.maxPeerPayload ?? 16 * 1024 * 1024, maxBackoffMs: options.maxBackoffMs ?? 2000, minBackoffMs: 50, log }
+  new YjsPeers(yjs, replicator, { log })
   const peerServer = new PeerServer(replicator, transportOptions)
   const dialer = new Dialer(replicator, options.peers ?? [], transportOptions)
   const replication: NodeReplication = {
@@ -349,6 +358,7 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
       onChange: (listener) => batch.onChange(listener),
       stats: () => ({ ...batch.stats, droppedCovered: store.droppedCovered, replication: { ...batchReplication.stats } }),
     },
+    yjs,
     query: (view, key) => queryKey(store, batch, view, key),
     queryRange: (view, q) => queryRange(store, batch, view, q),
     stats() {
@@ -365,6 +375,8 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
         dialer.stop()
         replicator.close()
         peerServer.close()
+        // Its writes go through the adapter that the storage closes.
+        await yjs.close()
         await storage.close()
       })()
       return closing

@@ -4,6 +4,7 @@
  */
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
+import type { Duplex } from 'node:stream'
 import type { SpeedNode } from '../node.js'
 import { NodeError } from '../node.js'
 import { StoreError } from '../store/viewStore.js'
@@ -16,6 +17,8 @@ import { NdjsonError } from '../ingest/ndjson.js'
 import { QueryError } from '../query/batchViews.js'
 import { readBatchNdjson } from '../query/batchImport.js'
 import { parseTime } from '../query/buckets.js'
+import { YjsEndpoint } from '../yjs/endpoint.js'
+import { docNameFromPath } from '../yjs/names.js'
 
 export interface ServerOptions {
   host: string
@@ -279,6 +282,13 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
         }
         return send(res, 200, { view: a, horizon, keys: r.keys, expired: r.expired })
       }
+      case 'yjs': {
+        ctx.route = '/yjs'
+        if (!(segs.length === 1 || (segs.length === 2 && a === ''))) break
+        if (method !== 'GET') throw methodNotAllowed('GET')
+        authorize(ctx, false)
+        return send(res, 200, node.yjs.list())
+      }
       case 'peers': {
         if (a === undefined) {
           ctx.route = '/peers'
@@ -314,7 +324,16 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
   }
 
   let closing = false
+  // Requests being answered: closing waits for them, but not for upgraded sockets (peer links,
+  // y-websocket clients), which belong to the node and would hold the shutdown until the far
+  // side hung up.
+  let inFlight = 0
+  let drained: (() => void) | null = null
   const server = http.createServer((req, res) => {
+    inFlight++
+    res.on('close', () => {
+      if (--inFlight === 0 && drained) setImmediate(drained)
+    })
     const t0 = performance.now()
     const rawUrl = req.url ?? '/'
     const q = rawUrl.indexOf('?')
@@ -349,10 +368,29 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
   })
   // Requests node's parser refuses (raw non-ASCII bytes in the path, bad headers) still get the
   // contract's JSON error.
+  const yjs = new YjsEndpoint(node.yjs, { maxPayload: opts.maxBody, pingIntervalMs: 30_000 })
+  const refuseUpgrade = (socket: Duplex, status: string, code: string, message: string, extra = '') => {
+    const body = JSON.stringify({ error: { code, message } })
+    socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\n${extra}content-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+  }
   server.on('upgrade', (req, socket, head) => {
-    const path = (req.url ?? '/').split('?')[0]
+    const rawUrl = req.url ?? '/'
+    const q = rawUrl.indexOf('?')
+    const path = q >= 0 ? rawUrl.slice(0, q) : rawUrl
     if (path === '/peer') {
       node.replication.handleUpgrade(req, socket, head)
+      return
+    }
+    if (path.startsWith('/yjs/')) {
+      // A y-websocket client can put the token only in the URL (WebsocketProvider's params).
+      if (opts.token !== undefined) {
+        const h = req.headers.authorization
+        const given = h?.startsWith('Bearer ') ? h.slice(7) : new URLSearchParams(q >= 0 ? rawUrl.slice(q + 1) : '').get('token')
+        if (given !== opts.token) return refuseUpgrade(socket, '401 Unauthorized', 'unauthorized', '/yjs needs ?token=TOKEN or "Authorization: Bearer TOKEN" (the node runs with --token)', 'www-authenticate: Bearer\r\n')
+      }
+      const r = docNameFromPath(path)
+      if ('error' in r) return refuseUpgrade(socket, '400 Bad Request', 'bad_name', r.error)
+      yjs.handleUpgrade(req, socket, head, r.name)
       return
     }
     socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
@@ -379,8 +417,13 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
         close: () =>
           new Promise<void>((res) => {
             closing = true
-            server.close(() => res())
+            server.close()
+            yjs.close()
             server.closeIdleConnections()
+            drained = () => {
+              if (inFlight === 0) res()
+            }
+            if (inFlight === 0) setImmediate(drained)
           }),
       })
     })

@@ -71,6 +71,19 @@ export function createMetrics(node: SpeedNode): ServerMetrics {
   gauge('speedlayer_replication_malformed_total', 'Malformed peer messages received', () => repl().malformed)
   gauge('speedlayer_replication_peers_connected', 'Peers with an established link', () => node.replication.replicator.connectedCount())
   gauge('speedlayer_storage_log_retained_bytes', 'Log bytes kept on disk (for peers, or until compaction)', () => node.storage.retainedLog().bytes)
+  const yjs = () => node.yjs.getStats()
+  gauge('speedlayer_yjs_documents', 'Yjs documents this node holds (loaded or not)', () => yjs().documents)
+  gauge('speedlayer_yjs_documents_loaded', 'Yjs documents in memory', () => yjs().loaded)
+  gauge('speedlayer_yjs_clients', 'y-websocket clients connected', () => yjs().clients)
+  gauge('speedlayer_yjs_updates_total', 'Yjs updates persisted (from clients and peers)', () => yjs().updates)
+  gauge('speedlayer_yjs_update_bytes_total', 'Bytes of the Yjs updates persisted', () => yjs().updateBytes)
+  gauge('speedlayer_yjs_compactions_total', 'Yjs documents compacted into a snapshot', () => yjs().compactions)
+  gauge('speedlayer_yjs_loads_total', 'Yjs documents loaded from disk', () => yjs().loads)
+  gauge('speedlayer_yjs_unloads_total', 'Idle Yjs documents unloaded from memory', () => yjs().unloads)
+  gauge('speedlayer_yjs_clients_refused_total', 'y-websocket clients closed for malformed or unknown messages', () => yjs().clientsRefused)
+  gauge('speedlayer_yjs_peer_updates_in_total', 'Yjs updates received from peers', () => yjs().peerUpdatesIn)
+  gauge('speedlayer_yjs_peer_updates_out_total', 'Yjs updates sent to peers (live)', () => yjs().peerUpdatesOut)
+  gauge('speedlayer_yjs_catchup_bytes_total', 'Bytes of Yjs updates sent to peers by catch-up', () => yjs().catchUpBytes)
   const perPeer = (name: string, help: string, read: (p: ReturnType<SpeedNode['replication']['peers']>[number]) => number) =>
     new Gauge({
       name,

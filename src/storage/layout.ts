@@ -5,6 +5,7 @@
  *   'm' name                       meta: replica id, catalog
  *   'l' u64be position            delta log: one record per group commit
  *   's' u32be viewNo utf8(key)    snapshots: one per key, the key's full state
+ *   'y' ...                       Yjs documents (src/yjs/docStore.ts owns the keys below it)
  *
  * Every value starts with a format version byte and a CRC-32 of what follows, so a torn or
  * corrupt record is detected instead of decoded into wrong values.
@@ -49,6 +50,8 @@ export function logPosition(key: Uint8Array): number {
 
 export const LOG_RANGE: KeyRange = { gte: Uint8Array.of(L), lt: Uint8Array.of(L + 1) }
 export const SNAPSHOT_RANGE: KeyRange = { gte: Uint8Array.of(S), lt: Uint8Array.of(S + 1) }
+/** The first byte of every Yjs document key; the region is laid out by src/yjs/docStore.ts. */
+export const YJS_PREFIX = 0x79
 
 /** Log records from the first up to and including `position`. */
 export function logRangeThrough(position: number): KeyRange {
