@@ -1,0 +1,131 @@
+/**
+ * Ships the generator's events to one node: queued lines go out as one NDJSON `POST /ingest`
+ * per flush (the demo flushes every ~100 ms) over a keep-alive connection, one request in flight
+ * at a time. Users whose session ended are removed from `online` (`POST /views/online/SITE
+ * {"remove": [users]}`) only after the node has acknowledged the ingest holding their last
+ * pageview: the remove then observes every add of the session, so no user stays online for ever.
+ *
+ * A node that is down or slow does not make the demo buffer without bound: past `maxPending`
+ * events the oldest are dropped from the realtime path (they are in the master dataset, and the
+ * batch layer counts them).
+ */
+import http from 'node:http'
+
+export interface SenderStats {
+  sent: number
+  dropped: number
+  failedRequests: number
+  removed: number
+}
+
+export class IngestSender {
+  readonly stats: SenderStats = { sent: 0, dropped: 0, failedRequests: 0, removed: 0 }
+  /** The last failure, cleared by the next success: the status line says why a node lags. */
+  lastError: string | null = null
+  private lines: string[] = []
+  /** site -> users whose session ended with one of the queued (or earlier) lines. */
+  private leaving = new Map<string, string[]>()
+  private inFlight: Promise<void> | null = null
+  private readonly agent = new http.Agent({ keepAlive: true, maxSockets: 2 })
+
+  constructor(
+    readonly id: string,
+    readonly url: string,
+    private readonly maxPending: number,
+    private readonly onlineView = 'online',
+  ) {}
+
+  get pending(): number {
+    return this.lines.length
+  }
+
+  push(line: string): void {
+    this.lines.push(line)
+    if (this.lines.length > this.maxPending) {
+      const drop = this.lines.length - this.maxPending
+      this.lines.splice(0, drop)
+      this.stats.dropped += drop
+    }
+  }
+
+  /** The user leaves `site` once what is queued now is acknowledged. */
+  leave(site: string, user: string): void {
+    let users = this.leaving.get(site)
+    if (users === undefined) this.leaving.set(site, (users = []))
+    users.push(user)
+  }
+
+  /** Sends what is queued, unless a request is still in flight (then the next flush takes it all). */
+  flush(): void {
+    if (this.inFlight !== null || (this.lines.length === 0 && this.leaving.size === 0)) return
+    const lines = this.lines
+    const leaving = this.leaving
+    this.lines = []
+    this.leaving = new Map()
+    this.inFlight = this.send(lines, leaving).finally(() => (this.inFlight = null))
+  }
+
+  /** Waits for the request in flight (if any). */
+  async idle(): Promise<void> {
+    await this.inFlight
+  }
+
+  close(): void {
+    this.agent.destroy()
+  }
+
+  private async send(lines: string[], leaving: Map<string, string[]>): Promise<void> {
+    if (lines.length > 0) {
+      const a = await this.request('POST', '/ingest', `${lines.join('\n')}\n`, 'application/x-ndjson')
+      if (a.status !== 200) {
+        this.stats.failedRequests++
+        this.lastError = a.status === 0 ? a.text : `POST /ingest answered ${a.status}: ${a.text.slice(0, 200)}`
+        // Retried with the next flush, ahead of newer events (bounded by maxPending).
+        this.lines = lines.concat(this.lines)
+        for (const [site, users] of leaving) for (const u of users) this.leave(site, u)
+        if (this.lines.length > this.maxPending) {
+          const drop = this.lines.length - this.maxPending
+          this.lines.splice(0, drop)
+          this.stats.dropped += drop
+        }
+        return
+      }
+      this.stats.sent += lines.length
+    }
+    const sites = [...leaving]
+    for (let i = 0; i < sites.length; i++) {
+      const [site, users] = sites[i] as [string, string[]]
+      const a = await this.request('POST', `/views/${encodeURIComponent(this.onlineView)}/${encodeURIComponent(site)}`, JSON.stringify({ remove: users }), 'application/json')
+      if (a.status === 200) {
+        this.stats.removed += users.length
+        continue
+      }
+      this.stats.failedRequests++
+      this.lastError = a.status === 0 ? a.text : `removing from ${this.onlineView} answered ${a.status}: ${a.text.slice(0, 200)}`
+      // Their adds are acknowledged already: retrying later still removes them.
+      for (const [s, us] of sites.slice(i)) for (const u of us) this.leave(s, u)
+      return
+    }
+    this.lastError = null
+  }
+
+  /** One request; a network error is status 0 with the reason as text (the demo keeps going). */
+  request(method: string, path: string, body: string | undefined, contentType = 'application/json'): Promise<{ status: number; text: string }> {
+    return new Promise((resolve) => {
+      const headers: Record<string, string | number> = {}
+      if (body !== undefined) {
+        headers['content-type'] = contentType
+        headers['content-length'] = Buffer.byteLength(body)
+      }
+      const req = http.request(`${this.url}${path}`, { method, agent: this.agent, headers, timeout: 30_000 }, (res) => {
+        const parts: Buffer[] = []
+        res.on('data', (c: Buffer) => parts.push(c))
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(parts).toString('utf8') }))
+        res.on('error', (err) => resolve({ status: 0, text: err.message }))
+      })
+      req.on('timeout', () => req.destroy(new Error('no answer within 30 s')))
+      req.on('error', (err) => resolve({ status: 0, text: `${(err as NodeJS.ErrnoException).code ?? err.message}` }))
+      req.end(body)
+    })
+  }
+}
