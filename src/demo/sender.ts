@@ -109,7 +109,11 @@ export class IngestSender {
     this.lastError = null
   }
 
-  /** One request; a network error is status 0 with the reason as text (the demo keeps going). */
+  /**
+   * One request; a network error is status 0 with the reason as text (the demo keeps going). The
+   * timeout is long: an ingest that timed out may still have been applied, and sending it again
+   * would count its events twice.
+   */
   request(method: string, path: string, body: string | undefined, contentType = 'application/json'): Promise<{ status: number; text: string }> {
     return new Promise((resolve) => {
       const headers: Record<string, string | number> = {}
@@ -117,13 +121,13 @@ export class IngestSender {
         headers['content-type'] = contentType
         headers['content-length'] = Buffer.byteLength(body)
       }
-      const req = http.request(`${this.url}${path}`, { method, agent: this.agent, headers, timeout: 30_000 }, (res) => {
+      const req = http.request(`${this.url}${path}`, { method, agent: this.agent, headers, timeout: 120_000 }, (res) => {
         const parts: Buffer[] = []
         res.on('data', (c: Buffer) => parts.push(c))
         res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(parts).toString('utf8') }))
         res.on('error', (err) => resolve({ status: 0, text: err.message }))
       })
-      req.on('timeout', () => req.destroy(new Error('no answer within 30 s')))
+      req.on('timeout', () => req.destroy(new Error('no answer within 120 s')))
       req.on('error', (err) => resolve({ status: 0, text: `${(err as NodeJS.ErrnoException).code ?? err.message}` }))
       req.end(body)
     })
