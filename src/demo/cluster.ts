@@ -10,7 +10,11 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import net from 'node:net'
 import { join } from 'node:path'
-import { CommandError } from '../cli/parse.js'
+
+/** A node that could not start; the message is the node's own reason, one line. */
+export class ClusterError extends Error {
+  override readonly name = 'ClusterError'
+}
 
 export interface ClusterOptions {
   /** dist/src/cli/main.js */
@@ -185,7 +189,7 @@ export class Cluster {
       const expected = `speedlayer ${id} listening on http://${HOST}:${port}`
       const timer = setTimeout(() => {
         proc.kill('SIGKILL')
-        reject(new CommandError(`${id} printed no ready line within ${READY_TIMEOUT_MS / 1000} s`))
+        reject(new ClusterError(`${id} printed no ready line within ${READY_TIMEOUT_MS / 1000} s`))
       }, READY_TIMEOUT_MS)
       const onData = (s: string) => {
         out += s
@@ -197,7 +201,7 @@ export class Cluster {
         const line = out.slice(0, nl)
         if (line !== expected) {
           proc.kill('SIGKILL')
-          return reject(new CommandError(`${id} printed ${JSON.stringify(line)} instead of its ready line`))
+          return reject(new ClusterError(`${id} printed ${JSON.stringify(line)} instead of its ready line`))
         }
         isReady = true
         for (const l of early) this.opts.log(`${id}: ${l}`)
@@ -207,14 +211,14 @@ export class Cluster {
       proc.stdout.setEncoding('utf8').on('data', onData)
       proc.once('error', (err) => {
         clearTimeout(timer)
-        reject(new CommandError(`cannot start ${id}: ${err.message}`))
+        reject(new ClusterError(`cannot start ${id}: ${err.message}`))
       })
       void exited.then(({ code, signal }) => {
         if (!isReady) {
           clearTimeout(timer)
           // The node's own one-line reason ("speedlayer: port 7001 ... is already in use").
           const why = (early.concat(errBuf).filter((l) => l.trim() !== '').pop() ?? '').replace(/^speedlayer: /, '')
-          reject(new CommandError(`${id} did not start (${signal ?? `exit code ${code}`})${why ? `: ${why}` : ''}`))
+          reject(new ClusterError(`${id} did not start (${signal ?? `exit code ${code}`})${why ? `: ${why}` : ''}`))
           return
         }
         if (!this.stopping) for (const l of this.exitListeners) l(node, code, signal)
