@@ -4,9 +4,9 @@
  * - demo_start_to_dashboard_ms: from spawning `speedlayer demo` (3 nodes, fresh directory) to its
  *   `dashboard:` line, i.e. three nodes up and meshed-to-be, generator and batch layer running;
  *   baseline: one `speedlayer start` to its ready line, measured in the same run, interleaved.
- * - For the default rate (200 events/s) and 10x (2000): the whole demo (the demo process, its
- *   nodes, and the `speedlayer batch` runs it reaps, which /proc bills to it as cutime/cstime) is
- *   sampled from /proc/PID/stat and /proc/PID/status over a run (10 minutes each; `--quick`:
+ * - For the default rate (200 events/s) and 10x (2000): the whole demo is sampled from
+ *   /proc/PID/stat and /proc/PID/status over a run (RSS: the demo process and its nodes; CPU:
+ *   those and the `speedlayer batch` runs it reaps, which /proc bills to it as cutime/cstime) (10 minutes each; `--quick`:
  *   20 s with 5 s buckets so the batch layer runs too). RSS and CPU of the end window (the last
  *   10% of the samples) are reported against the start window (10% to 20% into the run, after the
  *   sessions have ramped up): the goal is flat, a ratio near 1. The events per second the nodes
@@ -51,11 +51,25 @@ let hooked = false
 function installExitHook(): void {
   if (hooked) return
   hooked = true
-  process.once('exit', () => {
+  const cleanup = () => {
     // The demo's nodes close by themselves once the demo is gone.
     for (const p of liveProcs) p.kill('SIGKILL')
     for (const d of liveDirs) rmSync(d, { recursive: true, force: true })
-  })
+  }
+  process.once('exit', cleanup)
+  // Ctrl-C on a 20-minute run: Node's default would exit without 'exit' handlers, orphaning the
+  // demo. The demo is stopped as a user stops it, so its nodes are gone before their dirs go.
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      const closing = [...liveProcs].map((p) => new Promise<void>((r) => (p.exitCode !== null || p.signalCode !== null ? r() : p.once('close', () => r()))))
+      for (const p of liveProcs) p.kill('SIGINT')
+      const late = new Promise<void>((r) => setTimeout(r, 30_000).unref())
+      void Promise.race([Promise.all(closing), late]).then(() => {
+        cleanup()
+        process.exit(130)
+      })
+    })
+  }
 }
 
 function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
@@ -135,17 +149,18 @@ interface Sample {
 }
 
 /**
- * CPU of processes that exit between two samples is lost unless their parent reaps them: the
- * demo reaps its batch runs (counted in its cutime); nodes only exit at the end.
+ * RSS: the demo and its nodes (`resident`), not the `speedlayer batch` runs of a few hundred ms
+ * that a sample happens to catch: they would only add noise to a figure about growth. CPU: every
+ * process, the batch runs included: the demo reaps them, so /proc bills their CPU to its cutime.
  */
-function sample(root: number): Sample {
+function sample(root: number, resident: ReadonlySet<number>): Sample {
   let rssKb = 0
   let ticks = 0
   const pids = tree(root)
   for (const pid of pids) {
     const s = readProc(pid, pid === root)
     if (!s) continue
-    rssKb += s.rssKb
+    if (resident.has(pid)) rssKb += s.rssKb
     ticks += s.ticks
   }
   return { at: now(), rssMb: rssKb / 1024, cpuS: ticks / CLK_TCK, processes: pids.length }
@@ -269,6 +284,8 @@ async function loadRun(rate: number, p: Plan, opts: SuiteOptions, during: typeof
   const env: Record<string, string> = { SPEEDLAYER_DEMO_STATUS: `${p.sampleMs}ms`, SPEEDLAYER_DEMO_SEED: '1' }
   if (p.bucket) env.SPEEDLAYER_DEMO_BUCKET = p.bucket
   const demo = await startDemo(rate, env)
+  // At the dashboard line, the demo's children are its nodes and nothing else yet.
+  const resident = new Set(tree(demo.pid))
   const samples: Sample[] = []
   const n = Math.round(p.runMs / p.sampleMs)
   const startIdx = Math.max(1, Math.floor(n * 0.1))
@@ -280,7 +297,7 @@ async function loadRun(rate: number, p: Plan, opts: SuiteOptions, during: typeof
       const wait = t0 + i * p.sampleMs - now()
       if (wait > 0) await new Promise((r) => setTimeout(r, wait))
       if (demo.proc.exitCode !== null) throw new Error(`the demo exited during the run\n${demo.stderr}`)
-      const s = sample(demo.pid)
+      const s = sample(demo.pid, resident)
       samples.push(s)
       const prev = samples[samples.length - 2]
       const cpu = prev ? ((s.cpuS - prev.cpuS) / ((s.at - prev.at) / 1000)) * 100 : 0
