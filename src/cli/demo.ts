@@ -19,13 +19,14 @@
  *   SPEEDLAYER_DEMO_STATUS=2s    period of the status line (default 10s)
  *   SPEEDLAYER_DEMO_SEED=42      seed of the generator (default: random)
  *   SPEEDLAYER_DEMO_RETENTION=30 complete buckets the batch view keeps (default 30)
+ *   SPEEDLAYER_DEMO_NODE_FLAGS="--cpu-prof --cpu-prof-dir=/tmp/p"   Node.js flags for the node
+ *                                processes (profiling them: NODE_OPTIONS refuses --cpu-prof)
  */
 import { parseArgs } from 'node:util'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { CommandError, UsageError, parseDuration, parsePort } from './parse.js'
-import { readViewsFile } from './start.js'
 import { parseBucketSize } from '../store/definition.js'
 import { isPlainObject } from '../../crdts/validate.js'
 import { Cluster, choosePorts } from '../demo/cluster.js'
@@ -49,6 +50,7 @@ interface DemoConfig {
   statusMs: number
   seed: number
   retention: number
+  nodeFlags: string[]
 }
 
 function parseDemoArgs(argv: string[], env: NodeJS.ProcessEnv): DemoConfig {
@@ -81,11 +83,15 @@ function parseDemoArgs(argv: string[], env: NodeJS.ProcessEnv): DemoConfig {
   if (!Number.isSafeInteger(seed)) throw new UsageError(`SPEEDLAYER_DEMO_SEED expects an integer, got "${env.SPEEDLAYER_DEMO_SEED}"`)
   const retention = env.SPEEDLAYER_DEMO_RETENTION ? Number(env.SPEEDLAYER_DEMO_RETENTION) : 30
   if (!Number.isSafeInteger(retention) || retention < 1) throw new UsageError(`SPEEDLAYER_DEMO_RETENTION expects a number of buckets >= 1, got "${env.SPEEDLAYER_DEMO_RETENTION}"`)
-  return { nodes, rate, port, bucket, statusMs, seed, retention }
+  const nodeFlags = (env.SPEEDLAYER_DEMO_NODE_FLAGS ?? '').split(' ').filter((f) => f !== '')
+  if (nodeFlags.some((f) => !f.startsWith('-'))) throw new UsageError(`SPEEDLAYER_DEMO_NODE_FLAGS expects Node.js flags such as --cpu-prof, got "${env.SPEEDLAYER_DEMO_NODE_FLAGS}"`)
+  return { nodes, rate, port, bucket, statusMs, seed, retention, nodeFlags }
 }
 
 /** demo/views.json, with every bucket resized when SPEEDLAYER_DEMO_BUCKET asks (written to DIR). */
 async function demoViews(dir: string, bucket: string | undefined): Promise<{ file: string; definitions: Record<string, unknown> }> {
+  // Loaded here, not at the top: the demo process itself runs no node, and need not load one.
+  const { readViewsFile } = await import('./start.js')
   const definitions = await readViewsFile(VIEWS_FILE)
   if (bucket === undefined) return { file: VIEWS_FILE, definitions }
   const resized: Record<string, unknown> = {}
@@ -151,7 +157,7 @@ export async function demoCommand(argv: string[]): Promise<void> {
     const ports = await choosePorts(cfg.port, cfg.nodes, log)
     if (stopping) return
     try {
-      cluster = await Cluster.start({ cli: CLI, nodes: cfg.nodes, port: cfg.port, dataRoot: dataDir.path, viewsFile: views.file, log }, ports, (c) => (cluster = c))
+      cluster = await Cluster.start({ cli: CLI, nodes: cfg.nodes, port: cfg.port, dataRoot: dataDir.path, viewsFile: views.file, nodeFlags: cfg.nodeFlags, log }, ports, (c) => (cluster = c))
     } catch (err) {
       if (stopping) return
       const why = (err as Error).message
@@ -163,7 +169,7 @@ export async function demoCommand(argv: string[]): Promise<void> {
     await dataDir.setChildren(cluster.pids())
     cluster.onUnexpectedExit((n, code, signal) => log(`demo: ${n.id} exited (${signal ?? `exit code ${code}`}); the other nodes keep running, and its share of events waits in the master dataset`))
 
-    senders = nodes.map((n) => new IngestSender(n.id, n.url, Math.max(1000, cfg.rate * 10)))
+    senders = nodes.map((n) => new IngestSender(n.id, n.url, Math.max(1000, cfg.rate * 10), Math.max(500, Math.ceil(cfg.rate))))
     // Sessions of a previous run never ended: nobody from it is online any more.
     await Promise.all(senders.map((s) => clearOnline(s)))
 

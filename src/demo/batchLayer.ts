@@ -78,11 +78,6 @@ export class BatchLayer {
     return this.stepMs
   }
 
-  /** Bytes of the master dataset read so far. */
-  get masterRead(): number {
-    return this.reader.offset
-  }
-
   /**
    * Reads what the master dataset already holds (a previous run's events), imports right away if
    * complete buckets are in it, then runs shortly after every bucket boundary.

@@ -25,6 +25,8 @@ export interface ClusterOptions {
   /** Node K keeps its data in `<dataRoot>/nodeK`. */
   dataRoot: string
   viewsFile: string
+  /** Node.js flags for the node processes (e.g. --cpu-prof), before the script. */
+  nodeFlags?: string[]
   log: (line: string) => void
 }
 
@@ -107,7 +109,7 @@ export class Cluster {
       const id = `node${k + 1}`
       const port = ports[k] as number
       const peers = ports.filter((_, j) => j !== k).map((p) => `ws://${HOST}:${p}/peer`)
-      const args = [opts.cli, 'start', '--id', id, '--port', String(port), '--host', HOST, '--data', join(opts.dataRoot, id), '--views', opts.viewsFile]
+      const args = [...(opts.nodeFlags ?? []), opts.cli, 'start', '--id', id, '--port', String(port), '--host', HOST, '--data', join(opts.dataRoot, id), '--views', opts.viewsFile]
       if (peers.length > 0) args.push('--peers', peers.join(','))
       ready.push(c.spawnNode(id, port, args))
     }

@@ -148,11 +148,6 @@ export class PageviewGenerator {
     return { event, node: s.node, ended }
   }
 
-  /** The (site, user, node) of every session under way: what `online` holds now. */
-  current(): Array<{ site: string; user: string; node: number }> {
-    return this.active.map((s) => ({ site: (SITES[s.site] as (typeof SITES)[number]).name, user: userName(s.user), node: s.node }))
-  }
-
   private startSession(): Session {
     // A popular user who is not already browsing; the pool is 4x the sessions, so this ends fast.
     let user = this.userPick.pick(this.rnd())

@@ -7,7 +7,9 @@
  *
  * A node that is down or slow does not make the demo buffer without bound: past `maxPending`
  * events the oldest are dropped from the realtime path (they are in the master dataset, and the
- * batch layer counts them).
+ * batch layer counts them). A failed request is retried after a growing pause (up to 3 s: below the node's 5 s keep-alive timeout, so the idle connection is still there), and a
+ * backlog goes out in requests of at most `maxBatch` events, so a node that stalled is not
+ * buried under one huge request the moment it answers again.
  */
 import http from 'node:http'
 
@@ -28,16 +30,18 @@ export class IngestSender {
   private inFlight: Promise<void> | null = null
   private readonly agent = new http.Agent({ keepAlive: true, maxSockets: 2 })
 
+  /** After a failure, nothing is sent before this time (performance.now()); see backOff(). */
+  private retryAt = 0
+  private backoffMs = 0
+
   constructor(
     readonly id: string,
     readonly url: string,
     private readonly maxPending: number,
+    /** Events per request at most: a node that fell behind gets its backlog in bounded bites. */
+    private readonly maxBatch: number,
     private readonly onlineView = 'online',
   ) {}
-
-  get pending(): number {
-    return this.lines.length
-  }
 
   push(line: string): void {
     this.lines.push(line)
@@ -55,19 +59,31 @@ export class IngestSender {
     users.push(user)
   }
 
-  /** Sends what is queued, unless a request is still in flight (then the next flush takes it all). */
+  /**
+   * Sends what is queued (up to maxBatch events), unless a request is still in flight or the node
+   * failed a moment ago: the next flush takes the rest.
+   */
   flush(): void {
     if (this.inFlight !== null || (this.lines.length === 0 && this.leaving.size === 0)) return
-    const lines = this.lines
-    const leaving = this.leaving
-    this.lines = []
-    this.leaving = new Map()
+    if (performance.now() < this.retryAt) return
+    let lines = this.lines
+    let leaving = this.leaving
+    if (lines.length > this.maxBatch) {
+      // Sessions that ended are removed once their last pageview is in: keep them with the rest.
+      lines = this.lines.slice(0, this.maxBatch)
+      this.lines = this.lines.slice(this.maxBatch)
+      leaving = new Map()
+    } else {
+      this.lines = []
+      this.leaving = new Map()
+    }
     this.inFlight = this.send(lines, leaving).finally(() => (this.inFlight = null))
   }
 
-  /** Waits for the request in flight (if any). */
-  async idle(): Promise<void> {
-    await this.inFlight
+  /** A failed request: wait before the next one, longer each time (a stalled node gets air). */
+  private backOff(): void {
+    this.backoffMs = Math.min(3000, Math.max(200, this.backoffMs * 2))
+    this.retryAt = performance.now() + this.backoffMs
   }
 
   close(): void {
@@ -79,6 +95,7 @@ export class IngestSender {
       const a = await this.request('POST', '/ingest', `${lines.join('\n')}\n`, 'application/x-ndjson')
       if (a.status !== 200) {
         this.stats.failedRequests++
+        this.backOff()
         this.lastError = a.status === 0 ? a.text : `POST /ingest answered ${a.status}: ${a.text.slice(0, 200)}`
         // Retried with the next flush, ahead of newer events (bounded by maxPending).
         this.lines = lines.concat(this.lines)
@@ -101,12 +118,14 @@ export class IngestSender {
         continue
       }
       this.stats.failedRequests++
+      this.backOff()
       this.lastError = a.status === 0 ? a.text : `removing from ${this.onlineView} answered ${a.status}: ${a.text.slice(0, 200)}`
       // Their adds are acknowledged already: retrying later still removes them.
       for (const [s, us] of sites.slice(i)) for (const u of us) this.leave(s, u)
       return
     }
     this.lastError = null
+    this.backoffMs = 0
   }
 
   /**

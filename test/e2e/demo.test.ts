@@ -166,7 +166,7 @@ describe('speedlayer demo', () => {
   it('runs three meshed nodes fed by the generator, imports exact batch views, and leaves nothing behind after SIGINT', async () => {
     const cwd = await tempCwd()
     const port = await freePort()
-    const demo = await startDemo(cwd, ['--nodes', '3', '--rate', '100', '--port', String(port)])
+    const demo = await startDemo(cwd, ['--nodes', '3', '--rate', '50', '--port', String(port)])
     const ctx = () => demo.child.describe()
 
     // Stdout says where to look, and nothing else.
@@ -258,24 +258,7 @@ describe('speedlayer demo', () => {
     expect(existsSync(path.join(cwd, '.demo-data', 'demo.lock'))).toBe(false)
   })
 
-  it('after kill -9 of the demo its nodes exit by themselves, and the next demo takes the data over', async () => {
-    const cwd = await tempCwd()
-    const demo = await startDemo(cwd, ['--nodes', '2', '--rate', '20', '--port', String(await freePort())])
-    expect(demo.pids.size, demo.child.describe()).toBeGreaterThanOrEqual(3)
-    await demo.child.kill9()
-    await allGone(demo)
-    for (const n of demo.nodes) expect(await portFree(n.port), `port ${n.port} of ${n.id}`).toBe(true)
-
-    // The lock the killed demo left is stale: a new demo uses ./.demo-data again.
-    const next = await startDemo(cwd, ['--nodes', '2', '--rate', '20', '--port', String(await freePort())])
-    expect(next.child.stderr).not.toContain('in use by another demo')
-    expect(next.child.stderr).toContain(`data in ${path.join(cwd, '.demo-data')}`)
-    next.child.signal('SIGTERM')
-    expect(await next.child.waitExit(30_000), next.child.describe()).toEqual({ code: 0, signal: null })
-    await allGone(next)
-  })
-
-  it('a second demo in the same directory picks other ports and its own data directory, and both stop cleanly', async () => {
+  it('a second demo in the same directory picks other ports and its own data; after kill -9 a demo\'s nodes exit by themselves and the next demo takes its data over', async () => {
     const cwd = await tempCwd()
     const port = await freePort()
     const first = await startDemo(cwd, ['--nodes', '2', '--rate', '20', '--port', String(port)])
@@ -288,14 +271,27 @@ describe('speedlayer demo', () => {
     expect(tmp, ctx()).toBeDefined()
     for (const n of second.nodes) expect((await getJson(`${n.url}/health`)).body).toEqual({ ok: true, replica: n.id })
 
-    for (const d of [first, second]) for (const pid of processTree(d.child.pid)) d.pids.add(pid)
-    first.child.signal('SIGTERM')
+    // SIGTERM: a clean stop, its temporary directory removed.
+    for (const pid of processTree(second.child.pid)) second.pids.add(pid)
     second.child.signal('SIGTERM')
-    expect(await first.child.waitExit(30_000), ctx()).toEqual({ code: 0, signal: null })
     expect(await second.child.waitExit(30_000), ctx()).toEqual({ code: 0, signal: null })
-    await allGone(first)
     await allGone(second)
     expect(existsSync(tmp as string)).toBe(false)
+
+    // kill -9: nothing runs the demo's stop, yet its nodes notice and close by themselves.
+    for (const pid of processTree(first.child.pid)) first.pids.add(pid)
+    expect(first.pids.size, ctx()).toBeGreaterThanOrEqual(3)
+    await first.child.kill9()
+    await allGone(first)
+    for (const n of first.nodes) expect(await portFree(n.port), `port ${n.port} of ${n.id}`).toBe(true)
+
+    // The lock the killed demo left is stale: the next demo uses ./.demo-data again.
+    const next = await startDemo(cwd, ['--nodes', '2', '--rate', '20', '--port', String(port)])
+    expect(next.child.stderr).not.toContain('in use by another demo')
+    expect(next.child.stderr).toContain(`data in ${path.join(cwd, '.demo-data')}`)
+    next.child.signal('SIGTERM')
+    expect(await next.child.waitExit(30_000), next.child.describe()).toEqual({ code: 0, signal: null })
+    await allGone(next)
   })
 
   it('refuses bad flags with one line', async () => {
