@@ -1,6 +1,6 @@
 /**
- * The `ingest` suite: events per second end to end through POST /ingest with the four demo views
- * (demo/views.json) applied to every event, each request answered once durable, against Redis
+ * The `ingest` suite: events per second end to end through POST /ingest with the four pageview views
+ * (bench/pageview-views.json) applied to every event, each request answered once durable, against Redis
  * given the same events as a pipelined INCRBY / PFADD / SADD / HSET mix; and the node's CPU time
  * per event.
  *
@@ -46,7 +46,7 @@ import { generatePageviews, hourKey, type PageviewEvent } from './pageviews.js'
 
 const BENCH = 'ingest'
 const SELF = fileURLToPath(import.meta.url)
-const VIEWS_FILE = fileURLToPath(new URL('../../demo/views.json', import.meta.url))
+const VIEWS_FILE = fileURLToPath(new URL('../../bench/pageview-views.json', import.meta.url))
 const BODY_BYTES = 1024 * 1024
 const NODE_IN_FLIGHT = 4
 const REDIS_CHUNK = 1000

@@ -12,6 +12,7 @@ const SUITES: Record<string, () => Promise<Suite>> = {
   replication: async () => (await import('./replication.js')).suite,
   ingest: async () => (await import('./ingest.js')).suite,
   yjs: async () => (await import('./yjs.js')).suite,
+  demo: async () => (await import('./demo.js')).suite,
 }
 
 const USAGE = `usage: node dist/bench/main.js [NAME...] [--json] [--quick]   (NAME: ${Object.keys(SUITES).join(', ')})`

@@ -1,5 +1,5 @@
 /**
- * A seeded generator of pageview events for the demo views (demo/views.json), shared by the ingest
+ * A seeded generator of pageview events for the hourly pageview views (bench/pageview-views.json, the demo's schema with hour buckets), shared by the ingest
  * benchmark and the query end-to-end test, and the exact answers a batch layer would compute
  * from the same events.
  *

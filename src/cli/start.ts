@@ -161,11 +161,32 @@ export async function startCommand(argv: string[]): Promise<void> {
   }
   // A repeated signal finds the shutdown already under way and changes nothing.
   let signalled = false
-  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
-    process.on(sig, () => {
-      if (signalled) return
-      signalled = true
-      shutdown(sig)
-    })
+  const once = (why: string) => {
+    if (signalled) return
+    signalled = true
+    shutdown(why)
   }
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => once(sig))
+  watchSupervisor(process.env.SPEEDLAYER_PARENT_PID, once)
+}
+
+/**
+ * Under a supervisor (`speedlayer demo` sets SPEEDLAYER_PARENT_PID and gives us a stdin pipe it
+ * never writes to): close cleanly as soon as the supervisor is gone, however it went, kill -9
+ * included, so that a demo never leaves orphan nodes. The kernel closes the pipe when the
+ * supervisor dies; the ppid check covers a supervisor that handed us another stdin.
+ */
+function watchSupervisor(raw: string | undefined, stop: (why: string) => void): void {
+  const ppid = Number(raw)
+  if (raw === undefined || !Number.isSafeInteger(ppid) || ppid <= 0) return
+  const gone = () => stop('supervisor gone')
+  // With the supervisor gone, our stdout/stderr pipes are broken: logging must not crash the close.
+  process.stdout.on('error', () => {})
+  process.stderr.on('error', () => {})
+  process.stdin.on('end', gone)
+  process.stdin.on('error', gone)
+  process.stdin.resume()
+  setInterval(() => {
+    if (process.ppid !== ppid) gone()
+  }, 500).unref()
 }

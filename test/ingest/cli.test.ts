@@ -8,7 +8,7 @@ import { writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { CLI, Child, E2E, REPO_ROOT, STACK_FRAME, freePort, lines } from '../e2e/helpers.js'
 
-const VIEWS = path.join(REPO_ROOT, 'demo/views.json')
+const VIEWS = path.join(REPO_ROOT, 'bench/pageview-views.json')
 const HOUR = 3_600_000
 
 let e2e: E2E

@@ -13,7 +13,7 @@ import { expectErrorBody, rawRequest, snapshot, startTestNode, type TestNode } f
 import { ingestEvents, ingestStats } from '../../src/ingest/ingest.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
-const DEMO_VIEWS = (JSON.parse(readFileSync(path.join(ROOT, 'demo/views.json'), 'utf8')) as { views: Record<string, unknown> }).views
+const DEMO_VIEWS = (JSON.parse(readFileSync(path.join(ROOT, 'bench/pageview-views.json'), 'utf8')) as { views: Record<string, unknown> }).views
 
 const NOW = Date.UTC(2025, 5, 1, 12, 30, 0)
 const HOUR = 3_600_000

@@ -1,6 +1,6 @@
 /**
  * The speed layer and the batch layer together (issue 5, "Must show"), in-process: three nodes
- * with the demo views (demo/views.json) peered over the real ws transport in a chain A <- B <- C,
+ * with the demo views (bench/pageview-views.json) peered over the real ws transport in a chain A <- B <- C,
  * each serving HTTP on 127.0.0.1, port 0.
  *
  * A seeded generator (bench/pageviews.ts) makes 100k events over 6 hours of event time, Zipf
@@ -34,7 +34,7 @@ import { createHll, hllAddElement, hllPosition, hllRead } from '../../crdts/hll.
 import { exactViews, generatePageviews, hourKey, HOUR_MS, toNdjson, type PageviewEvent } from '../../bench/pageviews.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
-const DEMO_VIEWS = (JSON.parse(readFileSync(path.join(ROOT, 'demo/views.json'), 'utf8')) as { views: Record<string, unknown> }).views
+const DEMO_VIEWS = (JSON.parse(readFileSync(path.join(ROOT, 'bench/pageview-views.json'), 'utf8')) as { views: Record<string, unknown> }).views
 
 const T0 = Date.UTC(2025, 5, 1)
 const HORIZON = T0 + 4 * HOUR_MS
