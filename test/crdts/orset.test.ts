@@ -218,6 +218,16 @@ interface Naive {
 }
 const naiveEmpty = (): Naive => ({ adds: new Map(), removed: new Set() })
 const naiveValue = (s: Naive) => [...new Set([...s.adds].filter(([t]) => !s.removed.has(t)).map(([, e]) => e))].sort()
+/**
+ * An add supersedes the tags of the element that its replica has seen, as the optimised add
+ * drops the element's old dots and ships them in its delta's context. Without this the models
+ * differ when deltas go missing: a remove ships only the element's current dots, so a replica
+ * that got the first add and the remove but not the re-add in between keeps the first add's
+ * dot, which the naive remove (listing every tag it saw) would have removed.
+ */
+function supersede(seen: Naive, into: Naive, elems: readonly string[]) {
+  for (const [t, e] of seen.adds) if (elems.includes(e) && !seen.removed.has(t)) into.removed.add(t)
+}
 function naiveJoin(into: Naive, other: Naive) {
   for (const [t, e] of other.adds) into.adds.set(t, e)
   for (const t of other.removed) into.removed.add(t)
@@ -240,8 +250,10 @@ describe('orset: agrees with a naive tagged OR-set', () => {
           const op = orset.validate(step.op)
           orset.apply(opt[step.replica]!, op, ctx(replica))
           const n = naive[step.replica]!
-          if ('add' in op) op.add.forEach((e, k) => n.adds.set(`${replica}:${i}:${k}`, e))
-          else for (const [t, e] of n.adds) if (op.remove.includes(e)) n.removed.add(t)
+          if ('add' in op) {
+            supersede(n, n, op.add)
+            op.add.forEach((e, k) => n.adds.set(`${replica}:${i}:${k}`, e))
+          } else for (const [t, e] of n.adds) if (op.remove.includes(e)) n.removed.add(t)
         })
         for (let r = 0; r < 3; r++) expect(orset.value(opt[r]!)).toEqual(naiveValue(naive[r]!))
         const all = orset.empty()
@@ -294,8 +306,10 @@ describe('orset: agrees with the naive OR-set when replicas ship deltas', () => 
             const delta = orset.apply(opt[step.replica]!, op, ctx(replica))
             const n = naive[step.replica]!
             const nd = naiveEmpty()
-            if ('add' in op) op.add.forEach((e, k) => nd.adds.set(`${replica}:${i}:${k}`, e))
-            else for (const [t, e] of n.adds) if (op.remove.includes(e) && !n.removed.has(t)) nd.removed.add(t)
+            if ('add' in op) {
+              supersede(n, nd, op.add)
+              op.add.forEach((e, k) => nd.adds.set(`${replica}:${i}:${k}`, e))
+            } else for (const [t, e] of n.adds) if (op.remove.includes(e) && !n.removed.has(t)) nd.removed.add(t)
             naiveJoin(n, nd)
             for (let t = 0; t < 3; t++) if (t !== step.replica) inbox[t]!.push([delta, nd])
           }
