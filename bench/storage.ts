@@ -36,7 +36,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { ClassicLevel } from 'classic-level'
-import { gcounter } from '../crdts/gcounter.js'
+import { gcounter, slotState } from '../crdts/gcounter.js'
 import { encodeState } from '../crdts/codec.js'
 import { openNode, type SpeedNode } from '../src/node.js'
 import { snapshotKey } from '../src/storage/layout.js'
@@ -390,7 +390,7 @@ function writeWorkload(z: Sizes): WriteWorkload {
   const deltas = seq.map((k) => {
     const c = (counts.get(k) ?? 0) + 1
     counts.set(k, c)
-    return encodeState(gcounter, { ids: [ID], counts: [c] })
+    return encodeState(gcounter, slotState(ID, c))
   })
   const paths = seq.map(keyPath)
   const readPaths = uniformKeys(z.keys, z.reads, 2).map(keyPath)

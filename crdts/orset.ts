@@ -23,6 +23,13 @@
  *   single number `counter * 256 + index` stored inline (a small integer: no allocation at all);
  *   otherwise a flat array of (index, counter) pairs, in no particular order.
  *
+ * Big sets (more than `orsetTuning.bigAt` elements, back to small below `smallAt`) are few but
+ * hot: a demo `online` view of 10k members took every peer's delta through a walk of the whole
+ * set, and every new member through a copy of both arrays. Their entries live in a chunked sorted
+ * list instead (chunks.ts: an insert or lookup costs O(log n + chunk)), and join takes a delta
+ * by lookups rather than by walking the set (see sparseJoin), with an index from dot to element
+ * that the first such join builds and every later change keeps. `elems` / `dots` are then empty.
+ *
  * Invariant beyond the context's (see causal.ts): every dot of an entry is covered by the context.
  * A dot normally belongs to one element, but nothing relies on it: a replica that lost writes it
  * had already shipped may reuse dots, and join must stay a lattice join (and every state it makes
@@ -41,11 +48,14 @@ import type * as decoding from 'lib0/decoding'
 import { CrdtDecodeError, CrdtOpError, type CrdtType, type OpContext } from './types.js'
 import { guarded, readCount, readString, readUint, readVersion, writeVersion } from './codec.js'
 import { opVerb, stringList } from './validate.js'
+import { SortedChunks, work } from './chunks.js'
 import {
   addDot,
   contextOf,
   covers,
   decodeContext,
+  copyCloud,
+  inRuns,
   encodeContext,
   ensureReplica,
   joinContext,
@@ -66,10 +76,35 @@ import {
 export type Dots = number | number[]
 
 export interface ORSetState extends CausalContext {
-  /** Live elements, strictly ascending by UTF-16 code units. */
+  /** Live elements, strictly ascending by UTF-16 code units; empty in a big set. */
   elems: string[]
-  /** dots[i]: the dots of elems[i] (never empty), indices into `ids`. */
+  /** dots[i]: the dots of elems[i] (never empty), indices into `ids`; empty in a big set. */
   dots: Dots[]
+  /** A big set's entries; null for a small set. */
+  big: BigEntries | null
+}
+
+interface BigEntries {
+  /** element -> its dots (never empty). */
+  entries: SortedChunks<string, Dots>
+  /** byDot[r]: counter -> element for every dot of replica index r in `entries`; null until a
+   * join first needs it (most big sets are only ever written locally), kept in step after. */
+  byDot: Array<SortedChunks<number, string> | undefined> | null
+}
+
+/**
+ * Sizes that decide the representation. Tests shrink them to run every law through the big
+ * paths with small states; nothing else should change them.
+ */
+export const orsetTuning = {
+  /** A small set of more elements than this becomes big. */
+  bigAt: 256,
+  /** A big set of fewer elements than this becomes small again (apart from bigAt, so that a set
+   * hovering around one size does not convert back and forth). */
+  smallAt: 64,
+  /** A big set joins a state by lookups when that state's elements times this are fewer than its
+   * own, else by one merge walk over both (cheaper when the other state is big too). */
+  denseRatio: 8,
 }
 
 /** Normalised op: elements sorted and distinct. */
@@ -100,7 +135,8 @@ function fromPairs(pairs: number[]): Dots | undefined {
   return pairs
 }
 
-function hasPair(pairs: readonly number[], r: number, n: number): boolean {
+/** True if the (unsorted) pairs hold (r, n). */
+function holdsPair(pairs: readonly number[], r: number, n: number): boolean {
   for (let k = 0; k < pairs.length; k += 2) if (pairs[k] === r && pairs[k + 1] === n) return true
   return false
 }
@@ -120,12 +156,14 @@ function search(elems: readonly string[], e: string): number {
 }
 
 function inserted<T>(arr: T[], i: number, x: T): T[] {
+  work.steps += arr.length - i
   if (arr.length < EXACT_LIMIT) return arr.toSpliced(i, 0, x)
   arr.splice(i, 0, x)
   return arr
 }
 
 function removed<T>(arr: T[], i: number): T[] {
+  work.steps += arr.length - i
   if (arr.length <= EXACT_LIMIT) return arr.toSpliced(i, 1)
   arr.splice(i, 1)
   return arr
@@ -142,11 +180,139 @@ function removeEntry(s: ORSetState, at: number): void {
 }
 
 function emptyState(): ORSetState {
-  return { ids: NO_IDS, vv: [], cloud: NO_DOTS, elems: [], dots: [] }
+  return { ids: NO_IDS, vv: [], cloud: NO_DOTS, elems: [], dots: [], big: null }
 }
 
 function withContext(cc: CausalContext, elems: string[], dots: Dots[]): ORSetState {
-  return { ids: cc.ids, vv: cc.vv, cloud: cc.cloud, elems, dots }
+  return { ids: cc.ids, vv: cc.vv, cloud: cc.cloud, elems, dots, big: null }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Big sets
+
+/** What a big set's `elems` and `dots` hold: frozen, so a path that forgot `big` fails loudly. */
+const NO_ELEMS = Object.freeze([]) as unknown as string[]
+const NO_ENTRY_DOTS = Object.freeze([]) as unknown as Dots[]
+
+function size(s: ORSetState): number {
+  return s.big === null ? s.elems.length : s.big.entries.size
+}
+
+function promote(s: ORSetState): void {
+  s.big = { entries: SortedChunks.fromSorted(s.elems, s.dots), byDot: null }
+  s.elems = NO_ELEMS
+  s.dots = NO_ENTRY_DOTS
+}
+
+/** Back to two exact arrays (a set that shrank, or the working form of a merge walk). */
+function demote(s: ORSetState, big: BigEntries): void {
+  const { keys, vals } = big.entries.toArrays()
+  s.elems = keys
+  s.dots = vals
+  s.big = null
+}
+
+function indexDots(byDot: Array<SortedChunks<number, string> | undefined>, e: string, d: Dots): void {
+  if (typeof d === 'number') {
+    const n = Math.floor(d / PACK)
+    const r = d - n * PACK
+    ;(byDot[r] ??= new SortedChunks<number, string>()).insertMulti(n, e)
+    return
+  }
+  for (let k = 0; k < d.length; k += 2) (byDot[d[k] as number] ??= new SortedChunks<number, string>()).insertMulti(d[k + 1] as number, e)
+}
+
+function unindexDots(byDot: Array<SortedChunks<number, string> | undefined>, e: string, d: Dots): void {
+  if (typeof d === 'number') {
+    const n = Math.floor(d / PACK)
+    byDot[d - n * PACK]?.deleteMulti(n, e)
+    return
+  }
+  for (let k = 0; k < d.length; k += 2) byDot[d[k] as number]?.deleteMulti(d[k + 1] as number, e)
+}
+
+/** Sets element e's dots in a big set (undefined: removes it), `old` being its dots now. */
+function bigPut(big: BigEntries, e: string, old: Dots | undefined, d: Dots | undefined): void {
+  if (d === undefined) big.entries.delete(e)
+  else big.entries.set(e, d)
+  const byDot = big.byDot
+  if (byDot === null) return
+  if (old !== undefined) unindexDots(byDot, e, old)
+  if (d !== undefined) indexDots(byDot, e, d)
+}
+
+/** The dot index of a big set, built once from its entries: O(n log n), then kept in step. */
+function buildIndex(entries: SortedChunks<string, Dots>): Array<SortedChunks<number, string> | undefined> {
+  const ns: number[][] = []
+  const es: string[][] = []
+  let total = 0
+  for (let c = 0; c < entries.keys.length; c++) {
+    const ks = entries.keys[c] as string[]
+    const vs = entries.vals[c] as Dots[]
+    for (let i = 0; i < ks.length; i++) {
+      const e = ks[i] as string
+      const p = pairsOf(vs[i] as Dots)
+      for (let k = 0; k < p.length; k += 2) {
+        const r = p[k] as number
+        ;(ns[r] ??= []).push(p[k + 1] as number)
+        ;(es[r] ??= []).push(e)
+        total++
+      }
+    }
+  }
+  work.steps += total
+  const byDot: Array<SortedChunks<number, string> | undefined> = []
+  for (let r = 0; r < ns.length; r++) {
+    const n = ns[r]
+    const e = es[r]
+    if (n === undefined || e === undefined) {
+      byDot.push(undefined)
+      continue
+    }
+    const order = Array.from(n.keys()).sort((a, b) => (n[a] as number) - (n[b] as number))
+    byDot.push(SortedChunks.fromSorted(order.map((i) => n[i] as number), order.map((i) => e[i] as string)))
+  }
+  return byDot
+}
+
+/**
+ * Gives element e the dots d (undefined: removes e) in either representation, converting when
+ * the size crosses a bound; returns e's previous dots.
+ */
+function putEntry(s: ORSetState, e: string, d: Dots | undefined): Dots | undefined {
+  const big = s.big
+  if (big === null) {
+    const i = search(s.elems, e)
+    if (i >= 0) {
+      const old = s.dots[i] as Dots
+      if (d === undefined) removeEntry(s, i)
+      else s.dots[i] = d
+      return old
+    }
+    if (d !== undefined) {
+      insertEntry(s, ~i, e, d)
+      if (s.elems.length > orsetTuning.bigAt) promote(s)
+    }
+    return undefined
+  }
+  const old = big.entries.get(e)
+  if (old === undefined && d === undefined) return undefined
+  bigPut(big, e, old, d)
+  if (d === undefined && big.entries.size < orsetTuning.smallAt) demote(s, big)
+  return old
+}
+
+/** Entries of either representation as parallel chunks, for walks that read them in order. */
+function chunksOf(s: ORSetState): { keys: readonly string[][]; vals: readonly Dots[][] } {
+  return s.big === null ? { keys: [s.elems], vals: [s.dots] } : s.big.entries
+}
+
+function elemsOf(s: ORSetState): string[] {
+  if (s.big === null) return s.elems.slice()
+  const out = new Array<string>(s.big.entries.size)
+  let w = 0
+  for (const ks of s.big.entries.keys) for (let i = 0; i < ks.length; i++) out[w++] = ks[i] as string
+  return out
 }
 
 /** Sorted and distinct, so the delta's entries come out sorted; ops from `validate` already are. */
@@ -180,13 +346,9 @@ function add(state: ORSetState, list: string[], replica: string): ORSetState {
   const r = known >= 0 ? known : ensureReplica(state, replica)
   const seen: number[] = []
   for (let k = 0; k < elems.length; k++) {
-    const e = elems[k] as string
     const n = base + k + 1
-    const i = search(state.elems, e)
-    if (i >= 0) {
-      pushPairs(seen, state.dots[i] as Dots)
-      state.dots[i] = one(r, n)
-    } else insertEntry(state, ~i, e, one(r, n))
+    const old = putEntry(state, elems[k] as string, one(r, n))
+    if (old !== undefined) pushPairs(seen, old)
     addDot(state, r, n)
     seen.push(r, n)
   }
@@ -206,25 +368,20 @@ function addOne(state: ORSetState, e: string, replica: string): ORSetState {
   const n = (r >= 0 ? maxCounter(state, r) : 0) + 1
   if (!Number.isSafeInteger(n)) throw new CrdtOpError(NAME, `replica ${replica} has exhausted its dot counter`)
   if (r < 0) r = ensureReplica(state, replica)
-  const i = search(state.elems, e)
-  let old: Dots | undefined
-  if (i >= 0) {
-    old = state.dots[i] as Dots
-    state.dots[i] = one(r, n)
-  } else insertEntry(state, ~i, e, one(r, n))
+  const old = putEntry(state, e, one(r, n))
   addDot(state, r, n)
   // In the delta our replica has index 0. Counter 1 is the whole contiguous prefix; any other
-  // lone counter is a cloud dot.
-  if (old === undefined) return withContext({ ids: [replica], vv: n === 1 ? [1] : [0], cloud: n === 1 ? NO_DOTS : [0, n] }, [e], [one(0, n)])
+  // lone counter is a cloud run of one dot (index, lo, hi).
+  if (old === undefined) return withContext({ ids: [replica], vv: n === 1 ? [1] : [0], cloud: n === 1 ? NO_DOTS : [0, n, n] }, [e], [one(0, n)])
   if (typeof old === 'number') {
     const on = Math.floor(old / PACK) // < n: `old` is covered, n is past every counter seen
     const or = old - on * PACK
     if (or === r) {
-      if (on !== 1) return withContext({ ids: [replica], vv: [0], cloud: [0, on, 0, n] }, [e], [one(0, n)])
-      return withContext({ ids: [replica], vv: n === 2 ? [2] : [1], cloud: n === 2 ? NO_DOTS : [0, n] }, [e], [one(0, n)])
+      if (on !== 1) return withContext({ ids: [replica], vv: [0], cloud: on + 1 === n ? [0, on, n] : [0, on, on, 0, n, n] }, [e], [one(0, n)])
+      return withContext({ ids: [replica], vv: n === 2 ? [2] : [1], cloud: n === 2 ? NO_DOTS : [0, n, n] }, [e], [one(0, n)])
     }
     const vv = [n === 1 ? 1 : 0, on === 1 ? 1 : 0]
-    const cloud = n === 1 ? (on === 1 ? NO_DOTS : [1, on]) : on === 1 ? [0, n] : [0, n, 1, on]
+    const cloud = n === 1 ? (on === 1 ? NO_DOTS : [1, on, on]) : on === 1 ? [0, n, n] : [0, n, n, 1, on, on]
     return withContext({ ids: [replica, state.ids[or] as string], vv, cloud }, [e], [one(0, n)])
   }
   const { cc, remap } = contextOf(state.ids, [...old, r, n])
@@ -235,10 +392,8 @@ function addOne(state: ORSetState, e: string, replica: string): ORSetState {
 function remove(state: ORSetState, list: string[]): ORSetState {
   const seen: number[] = []
   for (const e of normalised(list)) {
-    const i = search(state.elems, e)
-    if (i < 0) continue
-    pushPairs(seen, state.dots[i] as Dots)
-    removeEntry(state, i)
+    const old = putEntry(state, e, undefined)
+    if (old !== undefined) pushPairs(seen, old)
   }
   if (seen.length === 0) return emptyState()
   return withContext(contextOf(state.ids, seen).cc, [], [])
@@ -248,51 +403,56 @@ function remove(state: ORSetState, list: string[]): ORSetState {
 // Join
 
 /**
- * `other`'s causal context seen from `into`'s replica numbering, for fast coverage tests while
- * walking `into`'s entries: vv per into-index, and the cloud both as pairs and, where they pack,
- * as single numbers comparable with a packed dot directly.
+ * `other`'s causal context seen from `into`'s replica numbering, for coverage tests of `into`'s
+ * dots: vv per into-index, and the cloud's runs sorted again (the translation does not keep the
+ * order) so that a test is a binary search however large the cloud.
  */
 interface ForeignContext {
   vv: number[]
   cloud: number[]
-  packed: number[]
 }
 
 function foreign(into: CausalContext, other: CausalContext, map: readonly number[]): ForeignContext {
-  // built by push: a packed array, read once per entry of `into` in the walk
+  // built by push: a packed array, read once per dot tested
   const vv: number[] = []
   for (let i = 0; i < into.ids.length; i++) vv.push(0)
   for (let j = 0; j < map.length; j++) vv[map[j] as number] = other.vv[j] as number
+  return { vv, cloud: other.cloud.length === 0 ? NO_DOTS : translatedRuns(other.cloud, map) }
+}
+
+function translatedRuns(oc: readonly number[], map: readonly number[]): number[] {
+  const order: number[] = []
+  for (let k = 0; k < oc.length; k += 3) order.push(k)
+  const r = (k: number) => map[oc[k] as number] as number
+  order.sort((a, b) => r(a) - r(b) || (oc[a + 1] as number) - (oc[b + 1] as number))
   const cloud: number[] = []
-  const packed: number[] = []
-  for (let k = 0; k < other.cloud.length; k += 2) {
-    const r = map[other.cloud[k] as number] as number
-    const n = other.cloud[k + 1] as number
-    cloud.push(r, n)
-    const p = one(r, n)
-    if (typeof p === 'number') packed.push(p)
-  }
-  return { vv, cloud, packed }
+  for (const k of order) cloud.push(r(k), oc[k + 1] as number, oc[k + 2] as number)
+  return cloud
 }
 
 function foreignCovers(f: ForeignContext, r: number, n: number): boolean {
-  return n <= (f.vv[r] as number) || hasPair(f.cloud, r, n)
+  return n <= (f.vv[r] as number) || inRuns(f.cloud, r, n)
 }
 
 /** Dots of an element only `into` has: those `other` has seen were removed there. */
 function dropSeen(d: Dots, f: ForeignContext): Dots | undefined {
   if (typeof d === 'number') {
     const n = Math.floor(d / PACK)
-    if (n <= (f.vv[d - n * PACK] as number)) return undefined
-    const packed = f.packed
-    for (let k = 0; k < packed.length; k++) if (packed[k] === d) return undefined
-    return d
+    return foreignCovers(f, d - n * PACK, n) ? undefined : d
   }
   const kept: number[] = []
   for (let k = 0; k < d.length; k += 2) {
     if (!foreignCovers(f, d[k] as number, d[k + 1] as number)) kept.push(d[k] as number, d[k + 1] as number)
   }
   return kept.length === d.length ? d : fromPairs(kept)
+}
+
+/** The dots without (r, n), which they hold. */
+function withoutDot(d: Dots, r: number, n: number): Dots | undefined {
+  if (typeof d === 'number') return d === one(r, n) ? undefined : d
+  const kept: number[] = []
+  for (let k = 0; k < d.length; k += 2) if (d[k] !== r || d[k + 1] !== n) kept.push(d[k] as number, d[k + 1] as number)
+  return fromPairs(kept)
 }
 
 /** Dots of an element only `other` has, translated: those `into` has seen were removed here. */
@@ -330,7 +490,7 @@ function joinDots(a: Dots, b: Dots, into: CausalContext, f: ForeignContext, map:
   for (let m = 0; m < pb.length; m += 2) {
     const r = map[pb[m] as number] as number
     const n = pb[m + 1] as number
-    if (!hasPair(pa, r, n) && !covers(into, r, n)) {
+    if (!holdsPair(pa, r, n) && !covers(into, r, n)) {
       kept.push(r, n)
       changed = true
     }
@@ -361,18 +521,14 @@ function positions(elems: readonly string[], oe: readonly string[]): number[] {
 const INSERT_LIMIT = 8
 
 /**
- * One merge walk over both sorted entry lists: every entry of `into` is tested against other's
- * context, so a join costs O(|into| + |other|) even for a one-element delta. A walk that visits
- * only the delta's elements exists only if every dot belongs to one element; that fails once a
- * replica that lost unreplicated writes reuses its dots, and then it would stop being a lattice
- * join (replicas could diverge), whereas this walk stays one whatever the states hold. The
+ * One merge walk over both sorted entry lists (of a small `into`): every entry of `into` is
+ * tested against other's context, so it costs O(|into| + |other|), bounded for a small set. The
  * per-entry test is a few arithmetic operations on an inline number.
  */
-function joinEntries(into: ORSetState, other: ORSetState, map: readonly number[], f: ForeignContext): boolean {
+function joinEntries(into: ORSetState, oe: readonly string[], od: readonly Dots[], map: readonly number[], f: ForeignContext): boolean {
   let changed = false
   const { elems, dots } = into
-  const oe = other.elems
-  const od = other.dots
+  work.steps += elems.length + oe.length
   const at = positions(elems, oe)
   const newElems: string[] = []
   const newDots: Dots[] = []
@@ -440,47 +596,133 @@ function joinEntries(into: ORSetState, other: ORSetState, map: readonly number[]
   return true
 }
 
+/**
+ * A big set joins a (much smaller) state by lookups, in O((|other| + dropped) log n):
+ * 1. into's dots that other's context covers, on elements other does not hold, were removed
+ *    there: the dot index finds them without a walk. The dots other's vv covers are a range
+ *    per replica, and each dot found is either dropped (paid for once, as its add was) or on
+ *    an element other holds. This works dot by dot, not element by element, so it stays a
+ *    lattice join when a dot names several elements (a replica that lost writes it had shipped
+ *    reuses dots), which a walk over other's elements alone would not.
+ * 2. other's elements are joined one by one with into's entries for them.
+ */
+function sparseJoin(into: ORSetState, big: BigEntries, other: ORSetState, map: readonly number[], f: ForeignContext): boolean {
+  let changed = false
+  const byDot = (big.byDot ??= buildIndex(big.entries))
+  const hitN: number[] = []
+  const hitE: string[] = []
+  const hitR: number[] = []
+  const collect = (r: number, lo: number, hi: number) => {
+    const idx = byDot[r]
+    if (idx === undefined) return
+    const before = hitN.length
+    idx.collectRange(lo, hi, hitN, hitE)
+    for (let h = before; h < hitN.length; h++) hitR.push(r)
+  }
+  for (let j = 0; j < other.vv.length; j++) {
+    const v = other.vv[j] as number
+    if (v > 0) collect(map[j] as number, 1, v)
+  }
+  const oc = other.cloud
+  for (let k = 0; k < oc.length; k += 3) collect(map[oc[k] as number] as number, oc[k + 1] as number, oc[k + 2] as number)
+  work.steps += hitN.length
+  const oChunks = chunksOf(other)
+  for (let h = 0; h < hitN.length; h++) {
+    const e = hitE[h] as string
+    if (holds(other, e)) continue
+    const cur = big.entries.get(e)
+    if (cur === undefined) continue
+    const r = hitR[h] as number
+    const n = hitN[h] as number
+    const next = withoutDot(cur, r, n)
+    if (next === undefined) big.entries.delete(e)
+    else big.entries.set(e, next)
+    byDot[r]?.deleteMulti(n, e)
+    changed = true
+  }
+  for (let c = 0; c < oChunks.keys.length; c++) {
+    const oe = oChunks.keys[c] as string[]
+    const od = oChunks.vals[c] as Dots[]
+    for (let j = 0; j < oe.length; j++) {
+      const e = oe[j] as string
+      const cur = big.entries.get(e)
+      const d = cur === undefined ? takeUnseen(od[j] as Dots, into, map) : joinDots(cur, od[j] as Dots, into, f, map)
+      if (d === cur) continue
+      bigPut(big, e, cur, d)
+      changed = true
+    }
+  }
+  if (big.entries.size < orsetTuning.smallAt) demote(into, big)
+  return changed
+}
+
+function holds(s: ORSetState, e: string): boolean {
+  return s.big === null ? search(s.elems, e) >= 0 : s.big.entries.has(e)
+}
+
 /** The dot-kernel join. */
 function join(into: ORSetState, other: ORSetState): boolean {
   // Coverage tests below must see both contexts as they were before the join; giving other's
   // replicas an index in `into`, with nothing seen yet, does not change what `into` covers.
   const map = mapReplicas(into, other)
   const f = foreign(into, other, map)
-  let changed = joinEntries(into, other, map, f)
+  let changed: boolean
+  const big = into.big
+  if (big !== null && size(other) * orsetTuning.denseRatio < big.entries.size) changed = sparseJoin(into, big, other, map, f)
+  else {
+    // A merge walk costs O(|into| + |other|) whatever the representation: walk the flat form.
+    if (big !== null) demote(into, big)
+    if (other.big === null) changed = joinEntries(into, other.elems, other.dots, map, f)
+    else {
+      const o = other.big.entries.toArrays()
+      changed = joinEntries(into, o.keys, o.vals, map, f)
+    }
+    if (into.elems.length > orsetTuning.bigAt) promote(into)
+  }
   if (joinContext(into, other, map)) changed = true
   return changed
 }
 
 // ---------------------------------------------------------------------------------------------
 
+const copyDots = (d: Dots): Dots => (typeof d === 'number' ? d : d.slice())
+
 function clone(s: ORSetState): ORSetState {
   return {
     ids: s.ids, // immutable (see causal.ts)
     vv: s.vv.slice(),
-    cloud: s.cloud, // immutable
-    elems: s.elems.slice(),
-    dots: s.dots.map((d) => (typeof d === 'number' ? d : d.slice())),
+    cloud: copyCloud(s.cloud),
+    elems: s.big === null ? s.elems.slice() : NO_ELEMS,
+    dots: s.big === null ? s.dots.map(copyDots) : NO_ENTRY_DOTS,
+    // the copy rebuilds its dot index if it ever needs one
+    big: s.big === null ? null : { entries: s.big.entries.clone(copyDots), byDot: null },
   }
 }
 
 function encode(enc: encoding.Encoder, state: ORSetState): void {
   writeVersion(enc)
   const rank = encodeContext(enc, state)
-  encoding.writeVarUint(enc, state.elems.length)
-  for (let i = 0; i < state.elems.length; i++) {
-    encoding.writeVarString(enc, state.elems[i] as string)
-    const d = state.dots[i] as Dots
-    if (typeof d === 'number') {
-      const n = Math.floor(d / PACK)
-      encoding.writeVarUint(enc, 1)
-      encoding.writeVarUint(enc, rank[d - n * PACK] as number)
-      encoding.writeVarUint(enc, n)
-      continue
-    }
-    const pairs = rankedPairs(d, rank)
-    encoding.writeVarUint(enc, pairs.length / 2)
-    for (const x of pairs) encoding.writeVarUint(enc, x)
+  encoding.writeVarUint(enc, size(state))
+  const { keys, vals } = chunksOf(state)
+  for (let c = 0; c < keys.length; c++) {
+    const elems = keys[c] as string[]
+    const dots = vals[c] as Dots[]
+    for (let i = 0; i < elems.length; i++) encodeEntry(enc, elems[i] as string, dots[i] as Dots, rank)
   }
+}
+
+function encodeEntry(enc: encoding.Encoder, e: string, d: Dots, rank: readonly number[]): void {
+  encoding.writeVarString(enc, e)
+  if (typeof d === 'number') {
+    const n = Math.floor(d / PACK)
+    encoding.writeVarUint(enc, 1)
+    encoding.writeVarUint(enc, rank[d - n * PACK] as number)
+    encoding.writeVarUint(enc, n)
+    return
+  }
+  const pairs = rankedPairs(d, rank)
+  encoding.writeVarUint(enc, pairs.length / 2)
+  for (const x of pairs) encoding.writeVarUint(enc, x)
 }
 
 function decode(dec: decoding.Decoder): ORSetState {
@@ -514,7 +756,9 @@ function decode(dec: decoding.Decoder): ORSetState {
       elems[i] = e
       dots[i] = fromPairs(pairs) as Dots
     }
-    return withContext(cc, elems, dots)
+    const s = withContext(cc, elems, dots)
+    if (n > orsetTuning.bigAt) promote(s)
+    return s
   })
 }
 
@@ -539,7 +783,7 @@ export const orset: CrdtType<ORSetState, ORSetOp, string[]> = {
     return 'add' in op ? add(state, op.add, ctx.replica) : remove(state, op.remove)
   },
   join,
-  value: (s) => s.elems.slice(),
+  value: elemsOf,
   clone,
   encode,
   decode,

@@ -1,54 +1,14 @@
 import { describe, expect, it } from 'vitest'
-import fc from 'fast-check'
 import * as encoding from 'lib0/encoding'
 import * as prng from 'lib0/prng'
 import { orset, type ORSetState } from '../../crdts/orset.js'
-import { CrdtDecodeError, CrdtOpError, type OpContext } from '../../crdts/types.js'
+import { CrdtDecodeError, CrdtOpError } from '../../crdts/types.js'
 import { decodeState, encodeState, stateEquals } from '../../crdts/codec.js'
-import { addDot, compact, contextOf, covers, emptyContext, ensureReplica, joinContext, mapReplicas } from '../../crdts/causal.js'
+import { addDot, compact, contextOf, covers, emptyContext, encodeContext, ensureReplica, joinContext, mapReplicas, maxCounter } from '../../crdts/causal.js'
 import { runCrdtLawTests } from '../laws/runCrdtLawTests.js'
-import { historyArb, REPLICA_IDS, type Step } from '../laws/history.js'
+import { apply, BAD_OPS, genOp, naiveModelSuites, sync } from './orsetModel.js'
 
-// A small alphabet so that adds and removes collide; two non-BMP / high-BMP elements check that
-// order is by UTF-16 code units (U+1F600 sorts before U+FF5A there, after it by code point), and
-// a leading U+FEFF that the UTF-8 codec must not eat as a byte order mark.
-const elem = fc.constantFrom('a', 'b', 'c', 'd', 'e', '😀', 'ｚ', '\uFEFFa')
-const genOp = fc.oneof(
-  { weight: 4, arbitrary: fc.record({ add: elem }) },
-  { weight: 3, arbitrary: fc.record({ remove: elem }) },
-  { weight: 1, arbitrary: fc.record({ add: fc.array(elem, { maxLength: 3 }) }) },
-  { weight: 1, arbitrary: fc.record({ remove: fc.array(elem, { maxLength: 3 }) }) },
-)
-
-runCrdtLawTests(orset, {
-  genOp,
-  badOps: [
-    null,
-    'a',
-    ['a'],
-    {},
-    { add: 1 },
-    { add: [1] },
-    { add: ['a', 2] },
-    { add: [['a']] },
-    { add: null },
-    { add: { x: 'a' } },
-    { add: 'a', remove: 'b' },
-    { add: 'a', x: 1 },
-    { inc: 1 },
-    { add: '\uD800' },
-    { add: 'x\uDC00y' },
-    { remove: ['ok', 'a\uDFFF'] },
-  ],
-})
-
-const ctx = (replica: string): OpContext => ({ replica, time: { ts: 0, c: 0 } })
-const apply = (s: ORSetState, op: unknown, replica: string) => orset.apply(s, orset.validate(op), ctx(replica))
-const sync = (a: ORSetState, b: ORSetState) => {
-  const a0 = orset.clone(a)
-  orset.join(a, b)
-  orset.join(b, a0)
-}
+runCrdtLawTests(orset, { genOp, badOps: BAD_OPS })
 
 describe('orset: ops', () => {
   it('normalises ops: a string becomes a list, duplicates go, the input is not touched', () => {
@@ -201,119 +161,14 @@ describe('orset: add-wins semantics', () => {
     const d2 = apply(peer, { add: 'q' }, 'a')
     const fresh = orset.empty()
     orset.join(fresh, d2) // only dot (a, 2)
-    expect(fresh.cloud).toEqual([0, 2])
+    expect(fresh.cloud).toEqual([0, 2, 2]) // runs: (index, lo, hi)
     apply(fresh, { add: 'r' }, 'a')
     orset.join(peer, fresh)
     expect(orset.value(peer)).toEqual(['p', 'q', 'r'])
   })
 })
 
-/**
- * Reference model: the textbook OR-set with a unique tag per add and a tombstone per removed tag,
- * states joined by union. Its value must agree with the optimised one on every replica.
- */
-interface Naive {
-  adds: Map<string, string> // tag -> element
-  removed: Set<string>
-}
-const naiveEmpty = (): Naive => ({ adds: new Map(), removed: new Set() })
-const naiveValue = (s: Naive) => [...new Set([...s.adds].filter(([t]) => !s.removed.has(t)).map(([, e]) => e))].sort()
-function naiveJoin(into: Naive, other: Naive) {
-  for (const [t, e] of other.adds) into.adds.set(t, e)
-  for (const t of other.removed) into.removed.add(t)
-}
-
-describe('orset: agrees with a naive tagged OR-set', () => {
-  it('on every replica after random histories, and after a full exchange', () => {
-    fc.assert(
-      fc.property(historyArb(genOp, 3, 60), (h: Step[]) => {
-        const opt = [orset.empty(), orset.empty(), orset.empty()]
-        const naive = [naiveEmpty(), naiveEmpty(), naiveEmpty()]
-        h.forEach((step, i) => {
-          if (step.kind === 'sync') {
-            if (step.from === step.to) return
-            orset.join(opt[step.to]!, orset.clone(opt[step.from]!))
-            naiveJoin(naive[step.to]!, naive[step.from]!)
-            return
-          }
-          const replica = REPLICA_IDS[step.replica] as string
-          const op = orset.validate(step.op)
-          orset.apply(opt[step.replica]!, op, ctx(replica))
-          const n = naive[step.replica]!
-          if ('add' in op) op.add.forEach((e, k) => n.adds.set(`${replica}:${i}:${k}`, e))
-          else for (const [t, e] of n.adds) if (op.remove.includes(e)) n.removed.add(t)
-        })
-        for (let r = 0; r < 3; r++) expect(orset.value(opt[r]!)).toEqual(naiveValue(naive[r]!))
-        const all = orset.empty()
-        const nall = naiveEmpty()
-        for (let r = 0; r < 3; r++) {
-          orset.join(all, opt[r]!)
-          naiveJoin(nall, naive[r]!)
-        }
-        expect(orset.value(all)).toEqual(naiveValue(nall))
-        // after a full exchange nothing is out of order any more
-        expect(all.cloud).toEqual([])
-      }),
-      { numRuns: 300 },
-    )
-  })
-})
-
-type DeltaStep =
-  | { kind: 'op'; replica: number; op: unknown }
-  | { kind: 'deliver'; to: number; pick: number }
-  | { kind: 'sync'; from: number; to: number }
-
-const deltaStepArb: fc.Arbitrary<DeltaStep> = fc.oneof(
-  { weight: 3, arbitrary: fc.record({ kind: fc.constant('op' as const), replica: fc.nat(2), op: genOp }) },
-  { weight: 3, arbitrary: fc.record({ kind: fc.constant('deliver' as const), to: fc.nat(2), pick: fc.nat(20) }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('sync' as const), from: fc.nat(2), to: fc.nat(2) }) },
-)
-
-describe('orset: agrees with the naive OR-set when replicas ship deltas', () => {
-  it('delivered in any order, some never, with occasional full syncs', () => {
-    fc.assert(
-      fc.property(fc.array(deltaStepArb, { maxLength: 80 }), (steps) => {
-        const opt = [orset.empty(), orset.empty(), orset.empty()]
-        const naive = [naiveEmpty(), naiveEmpty(), naiveEmpty()]
-        const inbox: [ORSetState, Naive][][] = [[], [], []]
-        steps.forEach((step, i) => {
-          if (step.kind === 'sync') {
-            if (step.from === step.to) return
-            orset.join(opt[step.to]!, opt[step.from]!)
-            naiveJoin(naive[step.to]!, naive[step.from]!)
-          } else if (step.kind === 'deliver') {
-            const box = inbox[step.to]!
-            if (box.length === 0) return
-            const [d, nd] = box.splice(step.pick % box.length, 1)[0]!
-            orset.join(opt[step.to]!, d)
-            naiveJoin(naive[step.to]!, nd)
-          } else {
-            const replica = REPLICA_IDS[step.replica] as string
-            const op = orset.validate(step.op)
-            const delta = orset.apply(opt[step.replica]!, op, ctx(replica))
-            const n = naive[step.replica]!
-            const nd = naiveEmpty()
-            if ('add' in op) op.add.forEach((e, k) => nd.adds.set(`${replica}:${i}:${k}`, e))
-            else for (const [t, e] of n.adds) if (op.remove.includes(e) && !n.removed.has(t)) nd.removed.add(t)
-            naiveJoin(n, nd)
-            for (let t = 0; t < 3; t++) if (t !== step.replica) inbox[t]!.push([delta, nd])
-          }
-        })
-        for (let r = 0; r < 3; r++) expect(orset.value(opt[r]!)).toEqual(naiveValue(naive[r]!))
-        const all = orset.empty()
-        const nall = naiveEmpty()
-        for (let r = 0; r < 3; r++) {
-          orset.join(all, opt[r]!)
-          naiveJoin(nall, naive[r]!)
-        }
-        expect(orset.value(all)).toEqual(naiveValue(nall))
-        expect(all.cloud).toEqual([])
-      }),
-      { numRuns: 300 },
-    )
-  })
-})
+naiveModelSuites()
 
 describe('orset: dots that do not pack into one number', () => {
   it('a set touched by 300 replicas (indices past 255) behaves the same and survives the codec', () => {
@@ -354,7 +209,7 @@ describe('orset: dots that do not pack into one number', () => {
     expect(encodeState(orset, s)).toEqual(bytes)
     const delta = apply(s, { add: 'x' }, 'a')
     expect(s.dots[0]).toEqual([0, big + 1])
-    expect(delta.cloud).toEqual([0, big, 0, big + 1])
+    expect(delta.cloud).toEqual([0, big, big + 1])
     const t = decodeState(orset, bytes)
     orset.join(t, delta)
     expect(stateEquals(orset, t, s)).toBe(true)
@@ -498,7 +353,7 @@ describe('causal context', () => {
     expect(ensureReplica(cc, 'a')).toBe(0)
     expect(addDot(cc, 0, 3)).toBe(true)
     expect(addDot(cc, 0, 2)).toBe(true)
-    expect(cc.cloud).toEqual([0, 2, 0, 3])
+    expect(cc.cloud).toEqual([0, 2, 3]) // one run of counters 2..3
     expect(addDot(cc, 0, 3)).toBe(false)
     expect(covers(cc, 0, 1)).toBe(false)
     expect(addDot(cc, 0, 1)).toBe(true)
@@ -509,22 +364,53 @@ describe('causal context', () => {
   })
 
   it('joins across different replica numberings and reports gains exactly', () => {
-    const x = { ids: ['b', 'a'], vv: [2, 0], cloud: [1, 5] }
+    const x = { ids: ['b', 'a'], vv: [2, 0], cloud: [1, 5, 5] }
     const y = { ids: ['a', 'c'], vv: [4, 1], cloud: [] as number[] }
     const map = mapReplicas(x, y)
     expect(map).toEqual([1, 2])
     expect(joinContext(x, y, map)).toBe(true)
     expect(x).toEqual({ ids: ['b', 'a', 'c'], vv: [2, 5, 1], cloud: [] })
     expect(joinContext(x, y, mapReplicas(x, y))).toBe(false)
-    const z = { ids: ['a'], vv: [0], cloud: [0, 9] }
+    const z = { ids: ['a'], vv: [0], cloud: [0, 9, 9] }
     compact(z)
     expect(joinContext(x, z, mapReplicas(x, z))).toBe(true)
-    expect(x.cloud).toEqual([1, 9])
+    expect(x.cloud).toEqual([1, 9, 9])
+  })
+
+  it('keeps the cloud as runs: a dot extends, bridges or starts one; a vv that reaches them folds them in', () => {
+    const cc = emptyContext()
+    ensureReplica(cc, 'a')
+    ensureReplica(cc, 'b')
+    for (const n of [5, 6, 7, 10, 9]) expect(addDot(cc, 0, n)).toBe(true)
+    expect(cc.cloud).toEqual([0, 5, 7, 0, 9, 10])
+    expect(addDot(cc, 0, 8)).toBe(true) // bridges the two
+    expect(cc.cloud).toEqual([0, 5, 10])
+    expect(addDot(cc, 1, 3)).toBe(true)
+    expect(cc.cloud).toEqual([0, 5, 10, 1, 3, 3])
+    expect(maxCounter(cc, 0)).toBe(10)
+    expect(maxCounter(cc, 1)).toBe(3)
+    for (const n of [5, 7, 10]) expect(addDot(cc, 0, n)).toBe(false)
+    expect([4, 5, 10, 11].map((n) => covers(cc, 0, n))).toEqual([false, true, true, false])
+    // a run arriving from a join that overlaps, then a vv that reaches the run
+    const other = { ids: ['a'], vv: [0], cloud: [0, 9, 14] }
+    expect(joinContext(cc, other, mapReplicas(cc, other))).toBe(true)
+    expect(cc.cloud).toEqual([0, 5, 14, 1, 3, 3])
+    expect(joinContext(cc, other, mapReplicas(cc, other))).toBe(false)
+    const prefix = { ids: ['a'], vv: [4], cloud: [] as number[] }
+    expect(joinContext(cc, prefix, mapReplicas(cc, prefix))).toBe(true)
+    expect(cc.vv).toEqual([14, 0])
+    expect(cc.cloud).toEqual([1, 3, 3])
+    // the encoding lists every dot, whatever the runs
+    const enc = encoding.createEncoder()
+    encodeContext(enc, { ids: ['b', 'a'], vv: [0, 1], cloud: [0, 3, 4, 1, 3, 3] })
+    expect(Buffer.from(encoding.toUint8Array(enc)).toString('hex')).toBe(
+      ['02', '0161', '0162', '01', '0001', '03', '0003', '0103', '0104'].join(''),
+    )
   })
 
   it('builds the compact context of a few dots', () => {
     const { cc, remap } = contextOf(['x', 'y', 'z'], [2, 5, 0, 2, 0, 1, 2, 5, 0, 4])
     expect(remap).toEqual([0, -1, 1])
-    expect(cc).toEqual({ ids: ['x', 'z'], vv: [2, 0], cloud: [0, 4, 1, 5] })
+    expect(cc).toEqual({ ids: ['x', 'z'], vv: [2, 0], cloud: [0, 4, 4, 1, 5, 5] })
   })
 })

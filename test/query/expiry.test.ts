@@ -12,7 +12,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { openNode, type SpeedNode } from '../../src/node.js'
 import { memoryAdapter } from '../../src/storage/memoryAdapter.js'
 import { SNAPSHOT_RANGE, parseSnapshotKey } from '../../src/storage/layout.js'
-import type { GCounterState } from '../../crdts/gcounter.js'
+import { slotState, type GCounterState } from '../../crdts/gcounter.js'
 
 const HOUR = 3_600_000
 const T0 = Date.UTC(2025, 5, 1)
@@ -38,7 +38,7 @@ async function memNode(id = 'n1'): Promise<SpeedNode> {
 }
 
 /** A peer's gcounter delta: its slot for the key, cumulative. */
-const peerSlot = (count: number): GCounterState => ({ ids: ['peer'], counts: [count] })
+const peerSlot = (count: number): GCounterState => slotState('peer', count)
 
 type Step = { kind: 'import'; hours: number } | { kind: 'local'; page: string; hour: number; n: number } | { kind: 'peer'; page: string; hour: number }
 
