@@ -32,7 +32,7 @@ export interface StorageAdapter {
 export class StorageError extends Error {
   override readonly name = 'StorageError'
   constructor(
-    readonly code: 'locked' | 'io' | 'corrupt' | 'replica_mismatch' | 'closed',
+    readonly code: 'locked' | 'io' | 'corrupt' | 'replica_mismatch' | 'closed' | 'layout',
     message: string,
   ) {
     super(message)

@@ -14,7 +14,9 @@ import type { ViewStore, View } from '../store/viewStore.js'
 import { VersionVector } from './versionVector.js'
 import { StorageError, type StorageAdapter, type WriteOp } from './adapter.js'
 import {
+  DIRECTORY_LAYOUT,
   LOG_RANGE,
+  PAGE_RANGE,
   SNAPSHOT_RANGE,
   decodeCatalog,
   decodeLogRecord,
@@ -24,14 +26,19 @@ import {
   logPosition,
   logRangeThrough,
   metaKey,
+  pageKey,
+  parsePageKey,
   parseSnapshotKey,
+  readPage,
   seal,
-  snapshotKey,
   unseal,
+  viewPageRange,
   viewSnapshotRange,
+  writePageEntry,
   type LogEntry,
   type SavedCatalog,
 } from './layout.js'
+import { PAGE_MAX_BYTES, PAGE_MIN_BYTES, PAGE_TARGET_BYTES, PageBounds, lowerBound } from './pages.js'
 
 export interface StorageOptions {
   /** Sync every batch to stable storage (survives a machine crash, not just a process crash). */
@@ -42,7 +49,7 @@ export interface StorageOptions {
   compactMinLogBytes: number
   /** ...and at least this fraction of the estimated live bytes. */
   compactLogRatio: number
-  /** Keys per compaction slice: one LevelDB batch, then the event loop gets a turn. */
+  /** Keys per compaction slice (whole pages, so a slice may hold a few more): one LevelDB batch, then the event loop gets a turn. */
   compactSliceKeys: number
   /**
    * Log records are kept after compaction while a peer may still need them (see
@@ -62,7 +69,10 @@ export const DEFAULT_STORAGE_OPTIONS: StorageOptions = {
 }
 
 export interface RecoveryReport {
+  /** Keys loaded from snapshots (pages, or layout 1's per-key snapshots). */
   snapshots: number
+  /** Snapshot pages read. */
+  pages: number
   records: number
   deltas: number
   /** A torn or corrupt record at the very end of the log, reported and skipped. */
@@ -76,7 +86,9 @@ export interface StorageStats {
   batches: number
   compactions: number
   compacting: boolean
+  /** Key states written into snapshot pages by compaction. */
   snapshotWrites: number
+  pageWrites: number
   liveBytesEstimate: number
   pendingBytes: number
   lastCompactionMs: number
@@ -88,7 +100,17 @@ interface PendingDelta {
   delta: unknown
   origin: string
   seq: number
-  viewNo: number
+}
+
+/**
+ * The keys of one view written since the last compaction, as a list with repeats: a push per
+ * write is what the write path can afford (a Set cost several times more), and compaction maps
+ * the list to pages. Past a bound the list is dropped for `all`: every page is then rewritten,
+ * which costs no more than mapping a list as long as the view.
+ */
+interface Dirty {
+  keys: string[]
+  all: boolean
 }
 
 /** What the log holds, per record, without reading it: which deltas of which origins. */
@@ -148,14 +170,41 @@ function newBatch(): Batch {
 /** The origin of a logged state that has no identity of its own (catch-up, anti-entropy). */
 export const NO_ORIGIN = ''
 
-/** Reused for every delta of a flush; lib0 encoders are reset by clearing their buffers. */
-const scratch = encoding.createEncoder()
+const encodeDelta = (enc: encoding.Encoder, e: PendingDelta): void => e.view.type.encode(enc, e.delta)
+
+/** Where a page being encoded would be cut: the byte offset and the key that starts there. */
+interface Cut {
+  at: number
+  key: string
+}
+
+interface EncodedPage {
+  /** The entries, unsealed; a view of the page encoder's buffer until it is reused. */
+  body: Uint8Array
+  cuts: Cut[]
+  n: number
+}
+
+/** What a compaction has encoded and not yet written, and what it wrote in all. */
+interface Slice {
+  ops: WriteOp[]
+  keys: number
+  total: number
+  bytes: number
+}
+
+const encodedLength = (enc: encoding.Encoder): number => (enc.bufs.length === 0 ? enc.cpos : encoding.length(enc))
+const encodedBody = (enc: encoding.Encoder): Uint8Array => (enc.bufs.length === 0 ? enc.cbuf.subarray(0, enc.cpos) : encoding.toUint8Array(enc))
+/** Turns of the event loop that long loops of compaction give to requests. */
+const yieldTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
 const REPLICA = metaKey('replica')
 const CATALOG = metaKey('catalog')
 /** The version vector of every delta ever logged here, saved whenever log records are deleted. */
 const LOGGED = metaKey('vv')
 /** Per origin, the lowest sequence the log can still serve (below it: deleted, or never logged). */
 const SERVABLE = metaKey('servable')
+/** The directory's layout (DIRECTORY_LAYOUT), so that a later layout is refused, not misread. */
+const LAYOUT = metaKey('layout')
 const utf8 = new TextEncoder()
 const utf8d = new TextDecoder()
 
@@ -166,8 +215,15 @@ export class Storage {
   private flushing = false
   private scheduled = false
   private position = 0
-  private dirty = new Map<number, Set<string>>()
-  private dirtyCount = 0
+  private dirty = new Map<number, Dirty>()
+  /** Per view number, its snapshot pages' ranges. */
+  private readonly pages = new Map<number, PageBounds>()
+  /** Layout 1 snapshots were loaded: the next compaction writes their keys into pages, then clears them. */
+  private legacySnapshots = false
+  /** Clears of dropped views' snapshots still running: close waits for them. */
+  private cleanup: Promise<void> = Promise.resolve()
+  /** Reused by compaction for every page it encodes. */
+  private readonly pageEnc = encoding.createEncoder()
   private compactingNow: Promise<void> | null = null
   private failed: Error | null = null
   private closed = false
@@ -187,6 +243,7 @@ export class Storage {
     compactions: 0,
     compacting: false,
     snapshotWrites: 0,
+    pageWrites: 0,
     liveBytesEstimate: 0,
     pendingBytes: 0,
     lastCompactionMs: 0,
@@ -216,7 +273,19 @@ export class Storage {
   /** Loads the catalog, the snapshots and then the log into the store. */
   async recover(warn: (msg: string) => void): Promise<RecoveryReport> {
     const t0 = performance.now()
-    const report: RecoveryReport = { snapshots: 0, records: 0, deltas: 0, tornTail: null, ms: 0 }
+    const report: RecoveryReport = { snapshots: 0, pages: 0, records: 0, deltas: 0, tornTail: null, ms: 0 }
+    const layout = await this.adapter.get(LAYOUT)
+    let savedLayout = 1
+    if (layout !== undefined) {
+      try {
+        savedLayout = decoding.readVarUint(decoding.createDecoder(unseal(layout)))
+      } catch (err) {
+        throw new StorageError('corrupt', `the saved layout version is corrupt (${(err as Error).message})`)
+      }
+      if (savedLayout > DIRECTORY_LAYOUT) {
+        throw new StorageError('layout', `this data directory has storage layout ${savedLayout}, written by a newer speedlayer; this one reads layouts up to ${DIRECTORY_LAYOUT}`)
+      }
+    }
     const cat = await this.adapter.get(CATALOG)
     if (cat !== undefined) {
       let saved: SavedCatalog
@@ -248,6 +317,42 @@ export class Storage {
     }
     const staleViews = new Set<number>()
     let liveBytes = 0
+    // Snapshot pages, in key order: each view's keys arrive (almost always) ascending, so the
+    // KeyIndex takes them without sorting.
+    const firsts = new Map<number, string[]>()
+    for await (const chunk of this.adapter.scan(PAGE_RANGE)) {
+      for (const [k, v] of chunk) {
+        const { viewNo, first } = parsePageKey(k)
+        const view = this.store.viewByNo(viewNo)
+        if (!view) {
+          staleViews.add(viewNo)
+          continue
+        }
+        let list = firsts.get(viewNo)
+        if (!list) firsts.set(viewNo, (list = []))
+        list.push(first)
+        const { type, states } = view
+        let n = 0
+        try {
+          readPage(v, (key, dec) => {
+            const state = type.decode(dec)
+            // A key can be in two pages after a crash during a split (see writePage): join them.
+            const had = states.load(key, state)
+            if (had !== undefined) type.join(had, state)
+            n++
+          })
+        } catch (err) {
+          throw new StorageError('corrupt', `snapshot page ${view.name}/${JSON.stringify(first)} is corrupt (${(err as Error).message}); the data directory cannot be trusted`)
+        }
+        liveBytes += k.length + v.length
+        report.snapshots += n
+        report.pages++
+      }
+    }
+    for (const [viewNo, list] of firsts) this.pages.set(viewNo, PageBounds.fromDisk(list))
+
+    // Layout 1's per-key snapshots: joined in (a crash during their migration leaves a key in
+    // both places) and marked dirty, so the next compaction writes them into pages.
     for await (const chunk of this.adapter.scan(SNAPSHOT_RANGE)) {
       for (const [k, v] of chunk) {
         const { viewNo, key } = parseSnapshotKey(k)
@@ -262,7 +367,9 @@ export class Storage {
         } catch (err) {
           throw new StorageError('corrupt', `snapshot of ${view.name}/${key} is corrupt (${(err as Error).message})`)
         }
-        this.store.load(view, key, state)
+        this.store.merge(view, key, state)
+        this.markDirty(view, key)
+        this.legacySnapshots = true
         liveBytes += k.length + v.length
         report.snapshots++
       }
@@ -299,7 +406,7 @@ export class Storage {
             throw new StorageError('corrupt', `log record ${position} holds a corrupt delta for ${view.name}/${e.key} (${(err as Error).message})`)
           }
           this.store.merge(view, e.key, delta)
-          this.markDirty(view.no, e.key)
+          this.markDirty(view, e.key)
           report.deltas++
         }
       }
@@ -309,8 +416,19 @@ export class Storage {
       warn(`log record ${last.position} at the end of the log is torn or corrupt (${last.error.message}); it was never acknowledged, skipping it`)
       await this.adapter.write([{ type: 'del', key: logKey(last.position) }], { sync: true })
     }
-    for (const no of staleViews) await this.adapter.clear(viewSnapshotRange(no))
+    for (const no of staleViews) {
+      await this.adapter.clear(viewPageRange(no))
+      await this.adapter.clear(viewSnapshotRange(no))
+    }
+    if (savedLayout !== DIRECTORY_LAYOUT) {
+      const enc = encoding.createEncoder()
+      encoding.writeVarUint(enc, DIRECTORY_LAYOUT)
+      await this.adapter.write([{ type: 'put', key: LAYOUT, value: seal(encoding.toUint8Array(enc)) }], { sync: this.options.fsync })
+    }
     this.stats.liveBytesEstimate = liveBytes
+    // The migration runs in the background once the node is up (after the caller's synchronous
+    // set-up, so that replication's log retention is in place before any log record goes).
+    if (this.legacySnapshots) setImmediate(() => void this.compact())
     report.ms = performance.now() - t0
     return report
   }
@@ -326,9 +444,9 @@ export class Storage {
     if (this.closed) return Promise.reject(new StorageError('closed', 'the node is shutting down'))
     // Deltas are encoded at flush time, into the record itself: no encoder per write.
     const b = this.pending
-    b.entries.push({ view, key, delta, origin, seq, viewNo: view.no })
+    b.entries.push({ view, key, delta, origin, seq })
     b.bytes += key.length + 32
-    this.markDirty(view.no, key)
+    this.markDirty(view, key)
     this.schedule()
     return b.done
   }
@@ -374,13 +492,19 @@ export class Storage {
    * the deletion of its snapshot, as for any dirty key whose state is gone.
    */
   forget(view: View, key: string): void {
-    this.markDirty(view.no, key)
+    this.markDirty(view, key)
   }
 
   /** Forgets every snapshot of a view number whose definition was replaced. */
   dropView(viewNo: number): void {
     this.dirty.delete(viewNo)
-    void this.afterFlush().then(() => this.adapter.clear(viewSnapshotRange(viewNo)))
+    this.pages.delete(viewNo)
+    // A failed clear leaves pages of an unknown view number, which the next start clears.
+    const cleared = this.afterFlush().then(() => Promise.all([this.adapter.clear(viewPageRange(viewNo)), this.adapter.clear(viewSnapshotRange(viewNo))]))
+    this.cleanup = Promise.all([this.cleanup, cleared]).then(
+      () => {},
+      () => {},
+    )
   }
 
   private enqueueRaw(ops: WriteOp[]): Promise<void> {
@@ -409,12 +533,16 @@ export class Storage {
     return this.afterFlush()
   }
 
-  private markDirty(viewNo: number, key: string): void {
-    let keys = this.dirty.get(viewNo)
-    if (!keys) this.dirty.set(viewNo, (keys = new Set()))
-    const before = keys.size
-    keys.add(key)
-    this.dirtyCount += keys.size - before
+  private markDirty(view: View, key: string): void {
+    let d = this.dirty.get(view.no)
+    if (!d) this.dirty.set(view.no, (d = { keys: [], all: false }))
+    if (d.all) return
+    d.keys.push(key)
+    // Repeats make the list longer than the view: past that, rewriting every page is cheaper.
+    if (d.keys.length > 2 * view.states.size + 4096) {
+      d.all = true
+      d.keys = []
+    }
   }
 
   private schedule(): void {
@@ -437,13 +565,7 @@ export class Storage {
     const ops: WriteOp[] = []
     let recordBytes = 0
     if (b.entries.length > 0) {
-      const record = encodeLogRecord(b.entries, (enc, i) => {
-        const e = b.entries[i] as PendingDelta
-        scratch.cpos = 0
-        scratch.bufs.length = 0
-        e.view.type.encode(scratch, e.delta)
-        encoding.writeVarUint8Array(enc, encoding.toUint8Array(scratch))
-      })
+      const record = encodeLogRecord(b.entries, encodeDelta, b.bytes + 64)
       recordBytes = record.length
       ops.push({ type: 'put', key: logKey(++this.position), value: record })
     }
@@ -461,8 +583,8 @@ export class Storage {
       }
       b.resolve()
       if (b.entries.length > 0 && this.durableListeners.size > 0) {
-        const deltas: DurableDelta[] = []
-        for (const e of b.entries) if (e.origin !== NO_ORIGIN) deltas.push({ origin: e.origin, seq: e.seq, view: e.view, key: e.key, delta: e.delta })
+        // The batch's own entries are durable deltas already, unless some have no origin.
+        const deltas: DurableDelta[] = b.entries.every((e) => e.origin !== NO_ORIGIN) ? b.entries : b.entries.filter((e) => e.origin !== NO_ORIGIN)
         for (const l of this.durableListeners) l(deltas)
       }
     } catch (err) {
@@ -484,8 +606,9 @@ export class Storage {
     if (this.logBytesSinceCompaction >= threshold) void this.compact()
   }
 
-  /** Folds the log into snapshots, in slices, then deletes the folded records. Runs in the background. */
+  /** Folds the log into snapshot pages, in slices, then deletes the folded records. Runs in the background. */
   compact(): Promise<void> {
+    if (this.closed) return Promise.resolve()
     this.compactingNow ??= this.runCompaction().finally(() => {
       this.compactingNow = null
     })
@@ -501,51 +624,193 @@ export class Storage {
       const through = this.position
       const dirty = this.dirty
       this.dirty = new Map()
-      this.dirtyCount = 0
       this.logBytesSinceCompaction = 0
-      let slice: WriteOp[] = []
-      let sampledBytes = 0
-      let sampledKeys = 0
-      for (const [viewNo, keys] of dirty) {
+      const migrating = this.legacySnapshots
+      // Each view's keys as of now, taken with the dirty lists: every key a dirty page must hold
+      // is among them (a key created later is in the next lists).
+      const jobs: Array<{ view: View; keys: readonly string[]; dirty: Dirty }> = []
+      for (const [viewNo, d] of dirty) {
         const view = this.store.viewByNo(viewNo)
-        if (!view) continue
-        for (const key of keys) {
+        if (view) jobs.push({ view, keys: view.states.sortedKeys(), dirty: d })
+      }
+      const slice: Slice = { ops: [], keys: 0, bytes: 0, total: 0 }
+      for (const job of jobs) {
+        const { view } = job
+        let pages = this.pages.get(view.no)
+        if (!pages) this.pages.set(view.no, (pages = new PageBounds()))
+        for (const first of await this.dirtyPages(job.dirty, pages, view.states.size)) {
           if (this.closed) return
-          const state = this.store.state(view, key)
-          const k = snapshotKey(viewNo, key)
-          if (state === undefined) {
-            slice.push({ type: 'del', key: k })
-          } else {
-            const enc = encoding.createEncoder()
-            view.type.encode(enc, state)
-            const value = seal(encoding.toUint8Array(enc))
-            slice.push({ type: 'put', key: k, value })
-            sampledBytes += k.length + value.length
-            sampledKeys++
-          }
-          if (slice.length >= this.options.compactSliceKeys) {
-            // Awaiting the slice's batch both yields to requests and bounds what compaction queues.
-            await this.enqueueRaw(slice)
-            slice = []
-            this.stats.snapshotWrites += this.options.compactSliceKeys
-          }
+          // A view redefined meanwhile: its pages are being cleared.
+          if (this.store.viewByNo(view.no) !== view) break
+          const i = pages.indexOf(first)
+          if (i < 0) continue // taken in by the page before it, already written
+          await this.writePage(view, job.keys, pages, i, slice)
         }
       }
-      if (slice.length > 0) {
-        this.stats.snapshotWrites += slice.length
-        await this.enqueueRaw(slice)
+      if (slice.ops.length > 0) await this.enqueueRaw(slice.ops)
+      if (migrating && !this.closed) {
+        // Every key of layout 1's snapshots was dirty in this compaction: pages now hold them.
+        await this.adapter.clear(SNAPSHOT_RANGE)
+        this.legacySnapshots = false
       }
       await this.dropLogThrough(through)
-      if (sampledKeys > 0) this.stats.liveBytesEstimate = (sampledBytes / sampledKeys) * this.store.keyCount()
+      if (slice.total > 0) this.stats.liveBytesEstimate = (slice.bytes / slice.total) * this.store.keyCount()
       this.stats.compactions++
-      // Overwritten snapshots linger in LevelDB's older levels; rewrite the region now and then.
-      if (this.stats.compactions % 4 === 0) await this.adapter.compact(SNAPSHOT_RANGE)
+      // Overwritten pages linger in LevelDB's older levels; rewrite the region now and then.
+      if (this.stats.compactions % 4 === 0) await this.adapter.compact(PAGE_RANGE)
     } catch (err) {
       if (!this.closed) this.failed ??= new StorageError('io', `compaction failed (${(err as Error).message}); restart the node`)
     } finally {
       this.stats.compacting = false
       this.stats.lastCompactionMs = performance.now() - t0
     }
+  }
+
+  /**
+   * The first keys of the pages that hold a dirty key, ascending. Mapping a long list yields to
+   * requests now and then; the bounds do not change meanwhile (only compaction changes them).
+   */
+  private async dirtyPages(d: Dirty, pages: PageBounds, size: number): Promise<string[]> {
+    if (d.all || d.keys.length >= size) return pages.bounds.slice()
+    const mark = new Uint8Array(pages.bounds.length)
+    for (let x = 0; x < d.keys.length; x++) {
+      mark[pages.pageOf(d.keys[x] as string)] = 1
+      if ((x & 0x3fff) === 0x3fff) await yieldTurn()
+    }
+    const out: string[] = []
+    for (let i = 0; i < mark.length; i++) if (mark[i] === 1) out.push(pages.bounds[i] as string)
+    return out
+  }
+
+  /** Adds a page's operations to the slice; a full slice is written (and awaited) before the next page. */
+  private async addToSlice(slice: Slice, ops: WriteOp[], keys: number, bytes: number): Promise<void> {
+    for (const op of ops) slice.ops.push(op)
+    slice.keys += keys
+    slice.total += keys
+    slice.bytes += bytes
+    this.stats.snapshotWrites += keys
+    if (slice.keys >= this.options.compactSliceKeys) {
+      // Awaiting the slice's batch both yields to requests and bounds what compaction queues.
+      const ops = slice.ops
+      slice.ops = []
+      slice.keys = 0
+      await this.enqueueRaw(ops)
+    }
+  }
+
+  /**
+   * Writes page i from the current states of the keys in its range (`keys`: the view's keys,
+   * sorted). A page under PAGE_MIN_BYTES takes in the pages after it; one over PAGE_MAX_BYTES is
+   * cut into pages of about PAGE_TARGET_BYTES, in the same batch, so that a range is never
+   * half-written on disk.
+   *
+   * A range with more keys than a slice should hold (a view's first compaction, or many new keys
+   * in one range) is first cut into pieces of a slice's worth of keys, written as new pages from
+   * the last piece to the first, page i's own piece last. Until then page i's old entry still
+   * holds every key of the range, so a crash in between leaves each key in the page that its
+   * range says (and maybe also in page i's old entry: recovery joins the two).
+   */
+  private async writePage(view: View, keys: readonly string[], pages: PageBounds, i: number, slice: Slice): Promise<void> {
+    const bounds = pages.bounds
+    const lo = lowerBound(keys, bounds[i] as string)
+    const end = bounds[i + 1]
+    const hi = end === undefined ? keys.length : lowerBound(keys, end)
+    const piece = Math.max(1, this.options.compactSliceKeys)
+    if (hi - lo > 2 * piece) {
+      for (let s = lo + piece * Math.floor((hi - lo - 1) / piece), until = hi; s > lo; until = s, s -= piece) {
+        if (this.closed || this.store.viewByNo(view.no) !== view) return
+        const start = keys[s] as string
+        const ops: WriteOp[] = []
+        const page = this.encodeRange(view, keys, s, keys[until])
+        if (page.n === 0) continue
+        const starts = this.pageOps(view.no, start, page, ops)
+        pages.bounds.splice(i + 1, 0, start, ...starts)
+        await this.addToSlice(slice, ops, page.n, page.body.length)
+      }
+    }
+    const ops: WriteOp[] = []
+    let j = i + 1
+    let k = lo
+    const enc = this.resetPageEncoder()
+    let n = 0
+    const cuts: Cut[] = []
+    for (;;) {
+      const r = this.encodeRange(view, keys, k, bounds[j], enc, cuts)
+      k = r.next
+      n += r.n
+      // A small page takes in the next one (expiry emptied it, or most of it).
+      if (r.body.length >= PAGE_MIN_BYTES || j >= bounds.length) break
+      j++
+    }
+    const page = { body: encodedBody(enc), cuts, n }
+    // Pages i+1 .. j-1 are taken in: their entries go (a cut at the same key puts it back, later in the batch).
+    for (let x = i + 1; x < j; x++) ops.push({ type: 'del', key: pageKey(view.no, bounds[x] as string) })
+    if (n === 0) {
+      ops.push({ type: 'del', key: pageKey(view.no, bounds[i] as string) })
+      if (i > 0) pages.remove(i, j)
+      else pages.replace(0, j, [])
+    } else {
+      pages.replace(i, j, this.pageOps(view.no, bounds[i] as string, page, ops))
+    }
+    await this.addToSlice(slice, ops, n, page.body.length)
+  }
+
+  private resetPageEncoder(): encoding.Encoder {
+    const enc = this.pageEnc
+    enc.cpos = 0
+    enc.bufs.length = 0
+    return enc
+  }
+
+  /**
+   * Encodes the entries of keys[from..] below `end` (all the rest if undefined) that have a
+   * state, appending to `enc` (a fresh page encoder unless given) and noting in `cuts` where a
+   * page of PAGE_TARGET_BYTES would end.
+   */
+  private encodeRange(view: View, keys: readonly string[], from: number, end: string | undefined, enc = this.resetPageEncoder(), cuts: Cut[] = []): EncodedPage & { next: number } {
+    const { states, type } = view
+    const encodeState = (e: encoding.Encoder, state: unknown): void => type.encode(e, state)
+    let chunkStart = cuts.length > 0 ? (cuts[cuts.length - 1] as Cut).at : 0
+    let n = 0
+    let k = from
+    for (; k < keys.length; k++) {
+      const key = keys[k] as string
+      if (end !== undefined && key >= end) break
+      const state = states.get(key)
+      if (state === undefined) continue // gone since (expired)
+      const at = encodedLength(enc)
+      if (at - chunkStart >= PAGE_TARGET_BYTES) {
+        cuts.push({ at, key })
+        chunkStart = at
+      }
+      writePageEntry(enc, key, encodeState, state)
+      n++
+    }
+    return { body: encodedBody(enc), cuts, n, next: k }
+  }
+
+  /**
+   * The puts of an encoded page whose range starts at `first`: one page, or, past
+   * PAGE_MAX_BYTES, one per cut. Returns the first keys of the pages after the first.
+   */
+  private pageOps(viewNo: number, first: string, page: EncodedPage, ops: WriteOp[]): string[] {
+    const { body } = page
+    let cuts = page.cuts
+    if (body.length <= PAGE_MAX_BYTES) cuts = []
+    // A short tail stays with the page before it.
+    else if (cuts.length > 0 && body.length - (cuts[cuts.length - 1] as Cut).at < PAGE_MIN_BYTES) cuts = cuts.slice(0, -1)
+    let from = 0
+    let key = first
+    for (let c = 0; c <= cuts.length; c++) {
+      const to = c < cuts.length ? (cuts[c] as Cut).at : body.length
+      ops.push({ type: 'put', key: pageKey(viewNo, key), value: seal(body.subarray(from, to)) })
+      this.stats.pageWrites++
+      if (c < cuts.length) {
+        from = to
+        key = (cuts[c] as Cut).key
+      }
+    }
+    return cuts.map((c) => c.key)
   }
 
   /**
@@ -620,6 +885,22 @@ export class Storage {
     return this.saveVectors()
   }
 
+  /** The keys whose states the snapshots on disk hold (pages and layout 1's), read back from disk: for tests and tools. */
+  async snapshotKeys(): Promise<Array<{ viewNo: number; key: string }>> {
+    const out: Array<{ viewNo: number; key: string }> = []
+    for await (const chunk of this.adapter.scan(PAGE_RANGE)) {
+      for (const [k, v] of chunk) {
+        const { viewNo } = parsePageKey(k)
+        readPage(v, (key, dec, end) => {
+          out.push({ viewNo, key })
+          dec.pos = end
+        })
+      }
+    }
+    for await (const chunk of this.adapter.scan(SNAPSHOT_RANGE)) for (const [k] of chunk) out.push(parseSnapshotKey(k))
+    return out
+  }
+
   retainedLog(): { records: number; bytes: number } {
     return { records: this.records.length, bytes: this.retainedBytes }
   }
@@ -663,6 +944,7 @@ export class Storage {
     this.closed = true
     await this.compactingNow?.catch(() => {})
     while (this.flushing) await new Promise<void>((r) => setImmediate(r))
+    await this.cleanup
     await this.adapter.close()
   }
 }

@@ -33,8 +33,39 @@ export class KeyIndex<V> {
   }
 
   set(key: string, value: V): void {
-    if (!this.map.has(key)) this.tail.push(key)
+    // The size says whether the key is new: one hash lookup instead of has() then set().
+    const n = this.map.size
     this.map.set(key, value)
+    if (this.map.size !== n) this.tail.push(key)
+  }
+
+  /**
+   * Bulk loading (recovery) from a source that is mostly in ascending order: a key above every
+   * sorted key goes straight to the end of the sorted array (and needs no lookup: it cannot be
+   * held yet), so loading a million keys in order leaves nothing to sort. A key already held keeps
+   * its value, which is returned for the caller to join into; else the result is undefined.
+   */
+  load(key: string, value: V): V | undefined {
+    const sorted = this.sorted
+    if (this.tail.length === 0 && this.removed === 0 && (sorted.length === 0 || (sorted[sorted.length - 1] as string) < key)) {
+      this.map.set(key, value)
+      sorted.push(key)
+      return undefined
+    }
+    const had = this.map.get(key)
+    if (had !== undefined) return had
+    this.map.set(key, value)
+    this.tail.push(key)
+    return undefined
+  }
+
+  /**
+   * Every key in ascending order. Later changes make a new array (only `load` appends in place,
+   * keeping it sorted), so a caller may hold on to it as a snapshot of the keys; it must not change it.
+   */
+  sortedKeys(): readonly string[] {
+    this.settle()
+    return this.sorted
   }
 
   delete(key: string): boolean {

@@ -207,9 +207,13 @@ export class ViewStore {
     return true
   }
 
-  /** Puts a state recovered from disk in place, without events. */
+  /**
+   * Puts a state recovered from disk in place, without events (keys best given in ascending
+   * order). A key loaded twice (found in two places on disk) holds the join of both.
+   */
   load(view: View, key: string, state: unknown): void {
-    view.states.set(key, state)
+    const had = view.states.load(key, state)
+    if (had !== undefined) view.type.join(had, state)
   }
 
   keyCount(): number {

@@ -11,7 +11,6 @@ import path from 'node:path'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { openNode, type SpeedNode } from '../../src/node.js'
 import { memoryAdapter } from '../../src/storage/memoryAdapter.js'
-import { SNAPSHOT_RANGE, parseSnapshotKey } from '../../src/storage/layout.js'
 import { slotState, type GCounterState } from '../../crdts/gcounter.js'
 
 const HOUR = 3_600_000
@@ -193,11 +192,7 @@ describe('expiry as a join', () => {
     await n.storage.compact()
     for (const p of ['a', 'b', 'c']) for (let h = 0; h < 6; h++) await n.apply('hits', keyOf(p, h), { inc: 10 })
     await n.apply('users', keyOf('a', 1), { add: 'u1' })
-    const snapshotKeys = async (node: SpeedNode) => {
-      const keys: string[] = []
-      for await (const chunk of node.storage.adapter.scan(SNAPSHOT_RANGE)) for (const [k] of chunk) keys.push(parseSnapshotKey(k).key)
-      return keys.sort()
-    }
+    const snapshotKeys = async (node: SpeedNode) => (await node.storage.snapshotKeys()).map((s) => s.key).sort()
     expect((await snapshotKeys(n)).length).toBe(18)
     const r = await n.batch.import('hits', T0 + 4 * HOUR, { [keyOf('a', 0)]: 100 })
     expect(r).toMatchObject({ won: true, expired: 12 })
