@@ -233,6 +233,14 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
       },
     },
   )
+  try {
+    // Known peers and the journal of the last run: before any link or write.
+    await replicator.load()
+  } catch (err) {
+    replicator.close()
+    await storage.close().catch(() => {})
+    throw err
+  }
   const transportOptions = { maxPayload: options.maxPeerPayload ?? 16 * 1024 * 1024, maxBackoffMs: options.maxBackoffMs ?? 2000, minBackoffMs: 50, log }
   const peerServer = new PeerServer(replicator, transportOptions)
   const dialer = new Dialer(replicator, options.peers ?? [], transportOptions)
