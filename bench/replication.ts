@@ -31,10 +31,12 @@
  * - Catch-up: two nodes in this process (A dials B; B has an HTTP server for /peer), N keys
  *   written on A and synced to B; A cuts the link (the operator's disconnect), increments 1% of the
  *   keys, compacts, and reconnects. "log": A keeps the log records B has not acknowledged (the
- *   default bound); "anti-entropy": A runs with maxRetainedLogBytes 0, so the compaction drops them
- *   and the catch-up must use digests. Time runs from connect() until B holds every changed
- *   value; bytes are catch-up (or anti-entropy) bytes sent by both nodes, over the encoded size
- *   of the changed keys' states plus their key bytes.
+ *   default bound); "dropped": A runs with maxRetainedLogBytes 0, so the compaction drops them and
+ *   the catch-up ships the states of the keys A's journal names; "anti-entropy": the same with
+ *   A's journal off (maxTrackedKeys 0, as when it gave up), so the catch-up must use digests. Time
+ *   runs from connect() until B holds every changed value; bytes are catch-up (or anti-entropy)
+ *   bytes sent by both nodes, over the encoded size of the changed keys' states plus their key
+ *   bytes.
  */
 import http from 'node:http'
 import { spawn, type ChildProcess } from 'node:child_process'
@@ -267,6 +269,7 @@ async function startCli(id: string, dir: string, viewsFile: string, peers: reado
 interface Counters {
   writes: number
   deltasIn: number
+  duplicatesIn: number
   pendingBytes: number
   catchUpBytes: number
   antiEntropyRuns: number
@@ -275,6 +278,7 @@ interface Counters {
 const COUNTERS: Record<keyof Counters, string> = {
   writes: 'speedlayer_writes_total',
   deltasIn: 'speedlayer_replication_deltas_in_total',
+  duplicatesIn: 'speedlayer_replication_duplicates_in_total',
   pendingBytes: 'speedlayer_storage_pending_bytes',
   catchUpBytes: 'speedlayer_replication_catchup_bytes_total',
   antiEntropyRuns: 'speedlayer_replication_antientropy_runs_total',
@@ -303,6 +307,8 @@ interface Cluster {
   converged(): Promise<boolean>
   /** What `converged` looks at, per node, for an error message. */
   describe(): Promise<string>
+  /** Every node's counters, in node order. */
+  counters(): Promise<Counters[]>
   stop(): Promise<void>
 }
 
@@ -367,6 +373,7 @@ async function startCluster(n: number): Promise<Cluster> {
         const cs = await Promise.all(nodes.map(countersOf))
         return nodes.map((c, i) => `${c.id}: ${JSON.stringify(cs[i])}`).join('; ')
       },
+      counters: () => Promise.all(nodes.map(countersOf)),
       stop: stopAll,
     }
   } catch (err) {
@@ -393,6 +400,11 @@ interface WriteRun {
   ackMs: number
   /** Until every node holds every write durably (= ackMs for a single node). */
   convergedMs: number
+  /**
+   * Deltas received (applied or already held) per write made on another node: 1 when every
+   * node gets each remote write once; relays a node did not need push it above 1.
+   */
+  copiesPerRemoteWrite: number
 }
 
 async function clusterWrites(cluster: Cluster, paths: readonly string[], z: Sizes): Promise<WriteRun> {
@@ -402,6 +414,7 @@ async function clusterWrites(cluster: Cluster, paths: readonly string[], z: Size
   // ECONNRESET when reused.
   const agents = nodes.map(() => keepAliveAgent(z.clients))
   try {
+    const before = n > 1 ? await cluster.counters() : []
     gc()
     const t0 = now()
     const stopAt = t0 + z.writeMs
@@ -417,7 +430,20 @@ async function clusterWrites(cluster: Cluster, paths: readonly string[], z: Size
     const ackMs = now() - t0
     if (n > 1) await untilConverged(cluster, 120_000)
     const convergedMs = now() - t0
-    return { writes: next, ackMs, convergedMs }
+    let copiesPerRemoteWrite = 0
+    if (n > 1) {
+      const after = await cluster.counters()
+      let received = 0
+      let remote = 0
+      for (let i = 0; i < n; i++) {
+        const a = after[i] as Counters
+        const b = before[i] as Counters
+        received += a.deltasIn - b.deltasIn + (a.duplicatesIn - b.duplicatesIn)
+        remote += (a.writes - b.writes) * (n - 1)
+      }
+      copiesPerRemoteWrite = received / remote
+    }
+    return { writes: next, ackMs, convergedMs, copiesPerRemoteWrite }
   } finally {
     for (const a of agents) a.destroy()
   }
@@ -430,6 +456,7 @@ async function throughput(o: SuiteOptions, z: Sizes, one: Cluster, three: Cluste
   const single: number[] = []
   const replicated: number[] = []
   const replicatedAcks: number[] = []
+  const copies: number[] = []
   await sideBySide(['single', 'replicated'], z.runs, async (name, r) => {
     const tag = tagOf(r, z.runs)
     if (name === 'single') {
@@ -440,9 +467,11 @@ async function throughput(o: SuiteOptions, z: Sizes, one: Cluster, three: Cluste
       const w = await clusterWrites(three, paths, z)
       report.progress(
         `    ${tag} 3 nodes: ${w.writes} writes acked in ${w.ackMs.toFixed(0)} ms (${perSecond(w.writes, w.ackMs).toFixed(0)} writes/s), ` +
-          `durable on all in ${w.convergedMs.toFixed(0)} ms = ${perSecond(w.writes, w.convergedMs).toFixed(0)} writes/s`,
+          `durable on all in ${w.convergedMs.toFixed(0)} ms = ${perSecond(w.writes, w.convergedMs).toFixed(0)} writes/s; ` +
+          `${w.copiesPerRemoteWrite.toFixed(3)} deltas received per remote write`,
       )
       if (r >= 0) {
+        copies.push(w.copiesPerRemoteWrite)
         replicated.push(perSecond(w.writes, w.convergedMs))
         replicatedAcks.push(perSecond(w.writes, w.ackMs))
       }
@@ -454,6 +483,11 @@ async function throughput(o: SuiteOptions, z: Sizes, one: Cluster, three: Cluste
     samples: replicated,
     unit: `writes/s (3 CLI children in a mesh, ${z.writeMs / 1000} s of incs over ${label(z.keys)} keys round robin from ${z.clients} keep-alive clients, until durable on all 3; ${CORES})`,
     baseline: { name: 'single_node_writes_per_s', samples: single },
+  })
+  report.add(BENCH, {
+    figure: 'mesh_deltas_received_per_remote_write',
+    samples: copies,
+    unit: `deltas (applied or already held) each node received per write made on another node, during the 3-node write runs; 1 = no redundant relay`,
   })
   return median(replicated)
 }
@@ -591,6 +625,8 @@ interface CatchUpRun {
   mechanism: string
 }
 
+type CatchUpMode = 'log' | 'dropped' | 'ae'
+
 const TYPE_NAMES = new Map<number, string>(Object.entries(MSG).map(([k, v]) => [v, k]))
 
 interface Tally {
@@ -622,10 +658,11 @@ interface Pair {
 
 /**
  * A dials B; `keys` keys written once on A, synced to B live, then folded into snapshots. With
- * mode 'ae', A keeps no log for peers (maxRetainedLogBytes 0), so every compaction forgets what B
- * lacks. Automatic compaction is off in both: compactions are the bench's, at fixed points.
+ * modes 'dropped' and 'ae', A keeps no log for peers (maxRetainedLogBytes 0), so every compaction
+ * forgets what B lacks; with 'ae' its journal is off too. Automatic compaction is off in both
+ * nodes: compactions are the bench's, at fixed points.
  */
-async function openPair(keys: number, mode: 'log' | 'ae'): Promise<Pair> {
+async function openPair(keys: number, mode: CatchUpMode): Promise<Pair> {
   const dirA = await tempDir()
   const dirB = await tempDir()
   let a: SpeedNode | undefined
@@ -643,8 +680,9 @@ async function openPair(keys: number, mode: 'log' | 'ae'): Promise<Pair> {
     server = await startServer(b, { host: '127.0.0.1', port: 0, maxBody: 1024 * 1024, log: quiet })
     const peerUrl = `${server.url.replace('http://', 'ws://')}/peer`
     const noAuto = { compactMinLogBytes: Number.MAX_SAFE_INTEGER }
-    const storage = mode === 'ae' ? { ...noAuto, maxRetainedLogBytes: 0 } : noAuto
-    a = await openNode({ id: 'A', dataDir: dirA, views: VIEWS, peers: [peerUrl], maxBackoffMs: 200, storage, log: quiet })
+    const storage = mode === 'log' ? noAuto : { ...noAuto, maxRetainedLogBytes: 0 }
+    const replication = mode === 'ae' ? { maxTrackedKeys: 0 } : {}
+    a = await openNode({ id: 'A', dataDir: dirA, views: VIEWS, peers: [peerUrl], maxBackoffMs: 200, storage, replication, log: quiet })
     const A = a
     const B = b
     const tally: Tally = { on: false, byType: new Map() }
@@ -675,7 +713,7 @@ function synced(A: SpeedNode, B: SpeedNode): boolean {
 }
 
 /** One partition: cut, change `fraction` of the keys on A, compact A, reconnect, measure. */
-async function catchUpRound(pair: Pair, keys: number, fraction: number, seed: number, mode: 'log' | 'ae'): Promise<CatchUpRun> {
+async function catchUpRound(pair: Pair, keys: number, fraction: number, seed: number, mode: CatchUpMode): Promise<CatchUpRun> {
   const { a: A, b: B, tally } = pair
   A.replication.disconnect('B')
   await until('the link to go down', () => !A.replication.replicator.isConnected('B') && !B.replication.replicator.isConnected('A'), 20_000)
@@ -731,25 +769,31 @@ async function catchUpRound(pair: Pair, keys: number, fraction: number, seed: nu
   await until('B to cover A', () => synced(A, B), 60_000)
   tally.on = false
   const after = A.replication.stats()
-  const mechanism = `${after.catchUps - before.catchUps} catch-ups, ${after.antiEntropyRuns - before.antiEntropyRuns} anti-entropy runs on A`
-  if ((mode === 'ae') !== after.antiEntropyRuns > before.antiEntropyRuns) throw new Error(`catch-up ${mode}: unexpected mechanism (${mechanism})`)
+  const journalStates = after.journalStates - before.journalStates
+  const mechanism = `${after.catchUps - before.catchUps} catch-ups, ${journalStates} states by key, ${after.antiEntropyRuns - before.antiEntropyRuns} anti-entropy runs on A`
+  if ((mode === 'ae') !== after.antiEntropyRuns > before.antiEntropyRuns || (mode === 'dropped') !== journalStates > 0) {
+    throw new Error(`catch-up ${mode}: unexpected mechanism (${mechanism})`)
+  }
   return { ms: t1 - t0, bytes: catchUpBytesOf(A) + catchUpBytesOf(B) - bytes0, changedBytes, byType: tally.byType, mechanism }
 }
 
 async function catchUp(o: SuiteOptions, z: Sizes): Promise<void> {
   const { report } = o
   const changed = Math.round(z.catchUpKeys * z.changedFraction)
-  report.progress(`  catch-up: ${label(z.catchUpKeys)} keys synced, ${label(changed)} changed during each partition; from the log vs by anti-entropy (2 nodes in this process)`)
-  const res = { log: { ms: [] as number[], ratio: [] as number[] }, ae: { ms: [] as number[], ratio: [] as number[] } }
+  report.progress(
+    `  catch-up: ${label(z.catchUpKeys)} keys synced, ${label(changed)} changed during each partition; from the log vs by key (the log dropped them) vs by anti-entropy (2 nodes in this process)`,
+  )
+  const modes: CatchUpMode[] = ['log', 'dropped', 'ae']
+  const res = new Map(modes.map((m) => [m, { ms: [] as number[], ratio: [] as number[] }]))
   const pairs = new Map<string, Pair>()
   try {
-    for (const mode of ['log', 'ae'] as const) {
+    for (const mode of modes) {
       const t0 = now()
       pairs.set(mode, await openPair(z.catchUpKeys, mode))
       report.progress(`    ${mode} pair: ${label(z.catchUpKeys)} keys written and synced in ${(now() - t0).toFixed(0)} ms`)
     }
-    await sideBySide(['log', 'ae'], z.runs, async (name, r) => {
-      const mode = name as 'log' | 'ae'
+    await sideBySide(modes, z.runs, async (name, r) => {
+      const mode = name as CatchUpMode
       // Each round changes other keys (the seed), on the same pair.
       const x = await catchUpRound(pairs.get(mode) as Pair, z.catchUpKeys, z.changedFraction, 100 + r, mode)
       const types = [...x.byType].map(([t, n]) => `${t} ${n}`).join(', ')
@@ -758,18 +802,28 @@ async function catchUp(o: SuiteOptions, z: Sizes): Promise<void> {
           `(${x.mechanism}; received by type: ${types})`,
       )
       if (r < 0) return
-      res[mode].ms.push(x.ms)
-      res[mode].ratio.push(x.bytes / x.changedBytes)
+      const into = res.get(mode) as { ms: number[]; ratio: number[] }
+      into.ms.push(x.ms)
+      into.ratio.push(x.bytes / x.changedBytes)
     })
   } finally {
     for (const p of pairs.values()) await p.close()
   }
   const what = `${label(changed)} of ${label(z.catchUpKeys)} gcounter keys changed during a partition`
   const per = 'bytes shipped / bytes of the changed keys (encoded state + key)'
-  report.add(BENCH, { figure: 'catchup_log_bytes_per_changed_byte', samples: res.log.ratio, unit: `x (${per}; from the log; ${what})`, goal: '<= 1.5' })
-  report.add(BENCH, { figure: 'catchup_ae_bytes_per_changed_byte', samples: res.ae.ratio, unit: `x (${per}, digests included; by anti-entropy; ${what})`, goal: '<= 1.5' })
-  report.add(BENCH, { figure: 'catchup_log_ms', samples: res.log.ms, unit: `ms (reconnect until the peer shows every changed value; from the log; ${what})` })
-  report.add(BENCH, { figure: 'catchup_ae_ms', samples: res.ae.ms, unit: `ms (reconnect until the peer shows every changed value; by anti-entropy; ${what})` })
+  const how: Record<CatchUpMode, string> = {
+    log: 'from the log',
+    dropped: 'the log dropped them: states of the keys the journal names',
+    ae: 'by digest anti-entropy (journal off: the last resort)',
+  }
+  for (const mode of modes) {
+    const x = res.get(mode) as { ms: number[]; ratio: number[] }
+    const extra = mode === 'ae' ? ', digests included' : ''
+    report.add(BENCH, { figure: `catchup_${mode}_bytes_per_changed_byte`, samples: x.ratio, unit: `x (${per}${extra}; ${how[mode]}; ${what})`, goal: '<= 1.5' })
+  }
+  for (const mode of modes) {
+    report.add(BENCH, { figure: `catchup_${mode}_ms`, samples: (res.get(mode) as { ms: number[] }).ms, unit: `ms (reconnect until the peer shows every changed value; ${how[mode]}; ${what})` })
+  }
 }
 
 export const suite: Suite = {

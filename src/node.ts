@@ -242,6 +242,14 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
       },
     },
   )
+  try {
+    // Known peers and the journal of the last run: before any link or write.
+    await replicator.load()
+  } catch (err) {
+    replicator.close()
+    await storage.close().catch(() => {})
+    throw err
+  }
   const batchReplication = replicateBatchViews(batch, store, replicator, log)
   const transportOptions = { maxPayload: options.maxPeerPayload ?? 16 * 1024 * 1024, maxBackoffMs: options.maxBackoffMs ?? 2000, minBackoffMs: 50, log }
   new YjsPeers(yjs, replicator, { log })

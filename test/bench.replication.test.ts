@@ -16,19 +16,23 @@ const main = 'dist/bench/main.js'
 
 const FIGURES = [
   'replicated_writes_per_s',
+  'mesh_deltas_received_per_remote_write',
   'propagation_p50_ms',
   'propagation_p99_ms',
   'propagation_idle_p50_ms',
   'propagation_idle_p99_ms',
   'catchup_log_bytes_per_changed_byte',
+  'catchup_dropped_bytes_per_changed_byte',
   'catchup_ae_bytes_per_changed_byte',
   'catchup_log_ms',
+  'catchup_dropped_ms',
   'catchup_ae_ms',
 ]
 
 const GOALS: Record<string, string> = {
   propagation_p99_ms: '<= 50',
   catchup_log_bytes_per_changed_byte: '<= 1.5',
+  catchup_dropped_bytes_per_changed_byte: '<= 1.5',
   catchup_ae_bytes_per_changed_byte: '<= 1.5',
 }
 

@@ -1,31 +1,40 @@
 /**
- * Digest-based anti-entropy, for a peer that lacks deltas the log no longer holds (as Riak's and
- * Cassandra's repairs compare hashed key ranges instead of histories).
+ * Digest-based anti-entropy, the last resort for a peer that lacks deltas this node can neither
+ * read from its log nor name by key (see journal.ts): as Riak's and Cassandra's repairs compare
+ * hashed key ranges instead of histories.
  *
- * Keys are placed by a 32-bit hash of the key; a range is a hash prefix of 4 bits per level (16
- * children per node). A range's digest is the XOR of a 32-bit hash of (key, encoded state) over
- * its keys, with the key count beside it. The initiator sends the digests of the 16 top ranges of
- * a view; the responder answers which differ; the initiator splits those into their 16 children,
- * and so on, until a range is small (or the responder holds nothing there): then the initiator
- * ships the states of its keys in that range. The responder joins them, so it ends up holding
- * everything the initiator held when it started, and `aeDone` tells it which deltas that covers.
+ * Keys are placed by a 32-bit hash of the key; a range is a hash prefix of `depth` bits. A
+ * range's digest is the XOR of a 32-bit hash of (key, encoded state) over its keys. The
+ * initiator splits each view's whole range into children and sends, per parent, a mask of the
+ * children it holds keys in and their digests; the responder answers which differ (and which it
+ * holds nothing of); the initiator splits those further, until a range holds a single key (or
+ * the responder holds nothing there): then it ships the states of that range. The responder
+ * joins them, so it ends up holding everything the initiator held when it started, and `aeDone`
+ * tells it which deltas that covers.
+ *
+ * Cost. Most of a session's bytes are digests of ranges holding one changed key among unchanged
+ * ones; each level costs 4 bytes per child. Ranges of many keys split 16 ways (most children
+ * differ while changes are dense), ranges of few keys 4 ways (once a change is isolated, fewer
+ * children per level is cheaper than fewer levels); empty children cost a mask bit, not a digest.
  *
  * Encodings are canonical (equal states, equal bytes), so equal ranges have equal digests; a
- * collision (two different ranges with one 32-bit digest and count) is left for the next run.
+ * collision (two different ranges with one 32-bit digest) is left for the next run.
  */
 import * as encoding from 'lib0/encoding'
 import { hash64, hash64Bytes } from '../../crdts/hash.js'
 import type { ViewStore, View } from '../store/viewStore.js'
 import type { VersionVector } from '../storage/versionVector.js'
-import type { DigestNode, Message, WireState } from './messages.js'
+import { MAX_SPLIT_BITS, type Message, type WireState } from './messages.js'
 import type { Link, ReplicationStats } from './replicator.js'
 
-const BITS = 4
-const FANOUT = 1 << BITS
-const MAX_LEVEL = 8 // 32 bits of key hash
-/** A range of at most this many keys is shipped rather than split further. */
-const LEAF_KEYS = 2
+/** Ranges of more keys than this split 2^4 ways, smaller ones 2^2 ways. */
+const WIDE_KEYS = 64
+const NARROW_BITS = 2
+/** A differing range of at most this many keys is shipped rather than split further. */
+const LEAF_KEYS = 1
 const MAX_STATES_BYTES = 512 * 1024
+/** Parents per aeDigests message: each costs at most ~70 bytes, far below any message limit. */
+const MAX_PARENTS = 2048
 
 interface Item {
   kh: number
@@ -35,29 +44,31 @@ interface Item {
 
 /** A view's keys sorted by key hash, with per-key state hashes: computed once per session. */
 interface Tree {
-  view: View
+  view: View | null
   items: Item[]
 }
 
 const h = new Uint32Array(4)
+/** Reused for every item: a lib0 encoder is reset by clearing its buffers. */
+const scratch = encoding.createEncoder()
 
 function buildTree(view: View): Tree {
   const items: Item[] = []
   for (const [key, state] of view.states.entries()) {
     hash64(key, h)
     const kh = h[1] as number
-    const enc = encoding.createEncoder()
-    encoding.writeVarString(enc, key)
-    view.type.encode(enc, state)
-    hash64Bytes(encoding.toUint8Array(enc), h)
+    scratch.cpos = 0
+    scratch.bufs.length = 0
+    encoding.writeVarString(scratch, key)
+    view.type.encode(scratch, state)
+    hash64Bytes(encoding.toUint8Array(scratch), h)
     items.push({ kh, ih: h[0] as number, key })
   }
   items.sort((a, b) => a.kh - b.kh)
   return { view, items }
 }
 
-function lowerBound(items: Item[], kh: number): number {
-  let lo = 0
+function lowerBound(items: Item[], kh: number, lo = 0): number {
   let hi = items.length
   while (lo < hi) {
     const mid = (lo + hi) >>> 1
@@ -67,27 +78,38 @@ function lowerBound(items: Item[], kh: number): number {
   return lo
 }
 
-/** The items of range `prefix` at `level` (level 0 is the whole view). */
-function range(tree: Tree, level: number, prefix: number): Item[] {
-  if (level === 0) return tree.items
-  const shift = 32 - BITS * level
-  const lo = prefix * 2 ** shift
-  const hi = (prefix + 1) * 2 ** shift
-  const a = lowerBound(tree.items, lo)
-  const b = hi >= 2 ** 32 ? tree.items.length : lowerBound(tree.items, hi)
-  return tree.items.slice(a, b)
+/** [start, end) of the items of range `prefix` at `depth` bits. */
+function range(tree: Tree, depth: number, prefix: number): [number, number] {
+  if (depth === 0) return [0, tree.items.length]
+  const shift = 2 ** (32 - depth)
+  const a = lowerBound(tree.items, prefix * shift)
+  const hi = (prefix + 1) * shift
+  return [a, hi >= 2 ** 32 ? tree.items.length : lowerBound(tree.items, hi, a)]
 }
 
-function digestOf(items: Item[]): DigestNode['digest'] {
+function digestOf(items: Item[], a: number, b: number): number {
   let d = 0
-  for (const it of items) d ^= it.ih
+  for (let i = a; i < b; i++) d ^= (items[i] as Item).ih
   return d >>> 0
+}
+
+/** How many bits to split a range of `keys` keys at `depth` by. */
+function splitBits(keys: number, depth: number): number {
+  return Math.min(keys > WIDE_KEYS ? MAX_SPLIT_BITS : NARROW_BITS, 32 - depth)
+}
+
+interface Request {
+  tree: Tree
+  depth: number
+  bits: number
+  parents: number[]
 }
 
 interface Session {
   id: number
-  /** Initiator: views whose ranges are still being compared, and requests outstanding. */
-  outstanding: number
+  /** Initiator: requests sent and not answered yet. */
+  requests: Map<number, Request>
+  nextReq: number
   vv: VersionVector | null
   trees: Map<string, Tree>
   resolve: (() => void) | null
@@ -95,11 +117,15 @@ interface Session {
   shipped: Promise<void>
 }
 
+function newSession(id: number, vv: VersionVector | null, resolve: (() => void) | null): Session {
+  return { id, requests: new Map(), nextReq: 1, vv, trees: new Map(), resolve, shipped: Promise.resolve() }
+}
+
 export class AntiEntropy {
   private nextSession = 1
   /** Sessions this node started, by link. */
   private readonly started = new Map<Link, Session>()
-  /** Trees this node computed while answering a peer's session, by link and session. */
+  /** Trees this node computed while answering a peer's session, by link. */
   private readonly answering = new Map<Link, Session>()
 
   constructor(
@@ -114,47 +140,63 @@ export class AntiEntropy {
     this.stats.antiEntropyBytes += this.send(link, m)
   }
 
-  /** Runs a session towards `link`: resolves once the peer holds everything this node holds. */
-  start(link: Link, vv: VersionVector): Promise<void> {
+  /**
+   * Runs a session towards `link`: resolves once the peer holds everything this node holds.
+   * `covers` goes out in `aeDone`: the deltas the peer may record as delivered (those this node
+   * holds now and the peer was not known to have).
+   */
+  start(link: Link, covers: VersionVector): Promise<void> {
     return new Promise((resolve) => {
-      const s: Session = { id: this.nextSession++, outstanding: 0, vv, trees: new Map(), resolve, shipped: Promise.resolve() }
+      const s = newSession(this.nextSession++, covers, resolve)
       this.started.set(link, s)
       for (const view of this.store.views()) {
         const tree = buildTree(view)
         s.trees.set(view.name, tree)
         if (tree.items.length === 0) continue
-        this.sendChildren(link, s, tree, 0, [0])
+        this.sendSplit(link, s, tree, 0, splitBits(tree.items.length, 0), [0])
       }
       this.maybeDone(link, s)
     })
   }
 
-  /** One message with the 16 children of every parent range to split at `level`. */
-  private sendChildren(link: Link, s: Session, tree: Tree, level: number, parents: number[]): void {
-    const nodes: DigestNode[] = []
-    for (const prefix of parents) {
-      for (let c = 0; c < FANOUT; c++) {
-        const items = range(tree, level + 1, prefix * FANOUT + c)
-        nodes.push({ digest: digestOf(items), count: items.length })
+  /** Digests of the children of `parents` (ranges at `depth`), `bits` bits deeper. */
+  private sendSplit(link: Link, s: Session, tree: Tree, depth: number, bits: number, parents: number[]): void {
+    const fanout = 1 << bits
+    for (let from = 0; from < parents.length; from += MAX_PARENTS) {
+      const chunk = parents.slice(from, from + MAX_PARENTS)
+      const present: number[] = []
+      const digests: number[] = []
+      for (const prefix of chunk) {
+        let mask = 0
+        for (let c = 0; c < fanout; c++) {
+          const [a, b] = range(tree, depth + bits, prefix * fanout + c)
+          if (a === b) continue
+          mask |= 1 << c
+          digests.push(digestOf(tree.items, a, b))
+        }
+        present.push(mask >>> 0)
       }
+      const req = s.nextReq++
+      s.requests.set(req, { tree, depth, bits, parents: chunk })
+      this.sendCounted(link, { t: 'aeDigests', session: s.id, req, view: (tree.view as View).name, depth, bits, parents: chunk, present, digests })
     }
-    s.outstanding++
-    this.sendCounted(link, { t: 'aeDigests', session: s.id, view: tree.view.name, level: level + 1, parents, nodes })
   }
 
   /** Encodes the range's states as they are now, into `out` (messages of at most MAX_STATES_BYTES). */
-  private encodeRange(tree: Tree, items: Item[], out: WireState[][]): void {
+  private encodeRange(tree: Tree, a: number, b: number, out: WireState[][]): void {
+    const view = tree.view as View
     // Ranges of one answer share messages: one view table, not one per range.
     let states: WireState[] = out.pop() ?? []
     let bytes = states.reduce((t, x) => t + x.bytes.length + x.key.length, 0)
-    for (const it of items) {
-      const state = tree.view.states.get(it.key)
+    for (let i = a; i < b; i++) {
+      const key = (tree.items[i] as Item).key
+      const state = view.states.get(key)
       if (state === undefined) continue
       const enc = encoding.createEncoder()
-      tree.view.type.encode(enc, state)
-      const b = encoding.toUint8Array(enc)
-      states.push({ view: tree.view.name, type: tree.view.def.type, key: it.key, bytes: b })
-      bytes += b.length + it.key.length
+      view.type.encode(enc, state)
+      const bs = encoding.toUint8Array(enc)
+      states.push({ view: view.name, type: view.def.type, key, bytes: bs })
+      bytes += bs.length + key.length
       if (bytes > MAX_STATES_BYTES) {
         out.push(states)
         states = []
@@ -182,7 +224,7 @@ export class AntiEntropy {
   }
 
   private maybeDone(link: Link, s: Session): void {
-    if (s.outstanding > 0 || !s.resolve) return
+    if (s.requests.size > 0 || !s.resolve) return
     this.started.delete(link)
     const r = s.resolve
     s.resolve = null
@@ -195,57 +237,80 @@ export class AntiEntropy {
   }
 
   handle(link: Link, m: Message, onDone: (covers: VersionVector) => void): void {
-    if (m.t === 'aeDigests') {
-      // Responder: compare the initiator's ranges with ours.
-      let s = this.answering.get(link)
-      if (!s || s.id !== m.session) {
-        s = { id: m.session, outstanding: 0, vv: null, trees: new Map(), resolve: null, shipped: Promise.resolve() }
-        this.answering.set(link, s)
-      }
-      let tree = s.trees.get(m.view)
-      if (!tree) {
-        const view = this.store.hasView(m.view) ? this.store.view(m.view) : null
-        tree = view ? buildTree(view) : { view: null as unknown as View, items: [] }
-        s.trees.set(m.view, tree)
-      }
-      const prefixes: number[] = []
-      m.nodes.forEach((n, i) => {
-        if (n.count === 0) return
-        const prefix = (m.parents[Math.floor(i / FANOUT)] as number) * FANOUT + (i % FANOUT)
-        const mine = range(tree, m.level, prefix)
-        if (mine.length === n.count && digestOf(mine) === n.digest) return
-        // Flag bit: 1 = ship the whole range now (we hold nothing there, or it is small).
-        const all = mine.length === 0 || n.count <= LEAF_KEYS || m.level >= MAX_LEVEL
-        prefixes.push(prefix * 2 + (all ? 1 : 0))
-      })
-      this.sendCounted(link, { t: 'aeNeed', session: m.session, view: m.view, level: m.level, prefixes })
-      return
-    }
-    if (m.t === 'aeNeed') {
-      // Initiator: split what differs, ship what is small.
-      const s = this.started.get(link)
-      if (!s || s.id !== m.session) return
-      const tree = s.trees.get(m.view)
-      s.outstanding--
-      if (tree) {
-        const out: WireState[][] = []
-        const split: number[] = []
-        for (const p of m.prefixes) {
-          const prefix = Math.floor(p / 2)
-          const items = range(tree, m.level, prefix)
-          if (p % 2 === 1 || items.length <= LEAF_KEYS || m.level >= MAX_LEVEL) this.encodeRange(tree, items, out)
-          else split.push(prefix)
-        }
-        if (split.length > 0) this.sendChildren(link, s, tree, m.level, split)
-        this.ship(link, s, out)
-      }
-      this.maybeDone(link, s)
-      return
-    }
+    if (m.t === 'aeDigests') return this.answer(link, m)
+    if (m.t === 'aeNeed') return this.onNeed(link, m)
     if (m.t === 'aeDone') {
       this.answering.delete(link)
       onDone(m.vv)
     }
+  }
+
+  /** Responder: compare the initiator's children with ours. */
+  private answer(link: Link, m: Extract<Message, { t: 'aeDigests' }>): void {
+    let s = this.answering.get(link)
+    if (!s || s.id !== m.session) {
+      s = newSession(m.session, null, null)
+      this.answering.set(link, s)
+    }
+    let tree = s.trees.get(m.view)
+    if (!tree) {
+      tree = this.store.hasView(m.view) ? buildTree(this.store.view(m.view)) : { view: null, items: [] }
+      s.trees.set(m.view, tree)
+    }
+    const fanout = 1 << m.bits
+    const differ: number[] = []
+    const whole: number[] = []
+    let next = 0
+    m.parents.forEach((prefix, i) => {
+      const mask = m.present[i] as number
+      let d = 0
+      let w = 0
+      for (let c = 0; c < fanout; c++) {
+        if ((mask & (1 << c)) === 0) continue
+        const digest = m.digests[next++] as number
+        const [a, b] = range(tree, m.depth + m.bits, prefix * fanout + c)
+        if (a === b) {
+          d |= 1 << c
+          w |= 1 << c
+        } else if (digestOf(tree.items, a, b) !== digest) d |= 1 << c
+      }
+      differ.push(d >>> 0)
+      whole.push(w >>> 0)
+    })
+    this.sendCounted(link, { t: 'aeNeed', session: m.session, req: m.req, bits: m.bits, differ, whole })
+  }
+
+  /** Initiator: split what differs, ship what is small. */
+  private onNeed(link: Link, m: Extract<Message, { t: 'aeNeed' }>): void {
+    const s = this.started.get(link)
+    if (!s || s.id !== m.session) return
+    const r = s.requests.get(m.req)
+    if (!r) return
+    if (m.bits !== r.bits || m.differ.length !== r.parents.length) throw new Error(`an answer that does not match request ${m.req}`)
+    s.requests.delete(m.req)
+    const fanout = 1 << r.bits
+    const depth = r.depth + r.bits
+    const out: WireState[][] = []
+    const split = new Map<number, number[]>()
+    r.parents.forEach((prefix, i) => {
+      const d = m.differ[i] as number
+      const w = m.whole[i] as number
+      for (let c = 0; c < fanout; c++) {
+        if ((d & (1 << c)) === 0) continue
+        const child = prefix * fanout + c
+        const [a, b] = range(r.tree, depth, child)
+        if ((w & (1 << c)) !== 0 || b - a <= LEAF_KEYS || depth >= 32) this.encodeRange(r.tree, a, b, out)
+        else {
+          const bits = splitBits(b - a, depth)
+          let group = split.get(bits)
+          if (!group) split.set(bits, (group = []))
+          group.push(child)
+        }
+      }
+    })
+    for (const [bits, parents] of split) this.sendSplit(link, s, r.tree, depth, bits, parents)
+    this.ship(link, s, out)
+    this.maybeDone(link, s)
   }
 
   linkClosed(link: Link): void {

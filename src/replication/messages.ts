@@ -9,7 +9,8 @@ import * as decoding from 'lib0/decoding'
 import { readByte, readBytes, readCount, readString, readU32, readUint } from '../../crdts/codec.js'
 import { VersionVector } from '../storage/versionVector.js'
 
-export const PROTOCOL_VERSION = 1
+/** 2: digest anti-entropy with presence masks and per-request fan-out; `links`. */
+export const PROTOCOL_VERSION = 2
 
 export const MSG = {
   hello: 1,
@@ -22,7 +23,11 @@ export const MSG = {
   aeNeed: 8,
   aeDone: 9,
   ext: 10,
+  links: 11,
 } as const
+
+/** Children per split, as bits: a parent range at depth d splits into 2^bits ranges at depth d + bits. */
+export const MAX_SPLIT_BITS = 4
 
 /** A delta as it travels: its origin and sequence, and which key of which view it changes. */
 export interface WireDelta {
@@ -42,12 +47,6 @@ export interface WireState {
   bytes: Uint8Array
 }
 
-/** A range's digest and key count; its prefix is implied by its place in the message. */
-export interface DigestNode {
-  digest: number
-  count: number
-}
-
 export type Message =
   | { t: 'hello'; version: number; replica: string; nonce: Uint8Array; auth: boolean }
   | { t: 'auth'; mac: Uint8Array }
@@ -57,12 +56,19 @@ export type Message =
   | { t: 'deltas'; deltas: WireDelta[] }
   /** States shipped by catch-up or anti-entropy; `covers`: the deltas they include, for the receiver's vector. */
   | { t: 'states'; states: WireState[]; covers: VersionVector | null }
-  /** For each parent range, the digests of its 16 children at `level`, in order. */
-  | { t: 'aeDigests'; session: number; view: string; level: number; parents: number[]; nodes: DigestNode[] }
-  | { t: 'aeNeed'; session: number; view: string; level: number; prefixes: number[] }
+  /**
+   * Request `req` of a session: parent ranges (key-hash prefixes of `depth` bits, ascending) split
+   * into 2^bits children each; per parent a mask of its children the sender holds keys in, and
+   * for those, in order, the 32-bit digests.
+   */
+  | { t: 'aeDigests'; session: number; req: number; view: string; depth: number; bits: number; parents: number[]; present: number[]; digests: number[] }
+  /** Per parent of request `req`, in order: the children that differ, and of those the ones to ship whole. */
+  | { t: 'aeNeed'; session: number; req: number; bits: number; differ: number[]; whole: number[] }
   | { t: 'aeDone'; session: number; vv: VersionVector }
   /** A message of an extension (Yjs documents, batch views): a channel name and opaque bytes that extension decodes. */
   | { t: 'ext'; channel: string; payload: Uint8Array }
+  /** The replicas the sender has a link with now: a peer need not relay their deltas to it. */
+  | { t: 'links'; peers: string[] }
 
 export class ProtocolError extends Error {
   override readonly name = 'ProtocolError'
@@ -148,23 +154,29 @@ export function encodeMessage(m: Message): Uint8Array {
       m.covers?.encode(enc)
       break
     }
-    case 'aeDigests':
+    case 'aeDigests': {
       encoding.writeVarUint(enc, m.session)
+      encoding.writeVarUint(enc, m.req)
       encoding.writeVarString(enc, m.view)
-      encoding.writeVarUint(enc, m.level)
+      encoding.writeUint8(enc, m.depth)
+      encoding.writeUint8(enc, m.bits)
       encoding.writeVarUint(enc, m.parents.length)
-      for (const p of m.parents) encoding.writeVarUint(enc, p)
-      for (const n of m.nodes) {
-        encoding.writeUint32(enc, n.digest)
-        encoding.writeVarUint(enc, n.count)
+      // Ascending prefixes travel as gaps: deep in the tree they are large, their gaps are not.
+      let prev = -1
+      for (const p of m.parents) {
+        encoding.writeVarUint(enc, p - prev - 1)
+        prev = p
       }
+      for (const mask of m.present) encoding.writeVarUint(enc, mask)
+      for (const d of m.digests) encoding.writeUint32(enc, d)
       break
+    }
     case 'aeNeed':
       encoding.writeVarUint(enc, m.session)
-      encoding.writeVarString(enc, m.view)
-      encoding.writeVarUint(enc, m.level)
-      encoding.writeVarUint(enc, m.prefixes.length)
-      for (const p of m.prefixes) encoding.writeVarUint(enc, p)
+      encoding.writeVarUint(enc, m.req)
+      encoding.writeUint8(enc, m.bits)
+      encoding.writeVarUint(enc, m.differ.length)
+      m.differ.forEach((d, i) => encoding.writeVarUint(enc, d + (m.whole[i] as number) * 2 ** (1 << m.bits)))
       break
     case 'aeDone':
       encoding.writeVarUint(enc, m.session)
@@ -174,9 +186,21 @@ export function encodeMessage(m: Message): Uint8Array {
       encoding.writeVarString(enc, m.channel)
       encoding.writeVarUint8Array(enc, m.payload)
       break
+    case 'links':
+      encoding.writeVarUint(enc, m.peers.length)
+      for (const p of m.peers) encoding.writeVarString(enc, p)
+      break
   }
   return encoding.toUint8Array(enc)
 }
+
+function popcount(x: number): number {
+  let n = 0
+  for (; x > 0; x = Math.floor(x / 2)) n += x % 2
+  return n
+}
+
+const bytesLeft = (dec: decoding.Decoder): number => dec.arr.length - dec.pos
 
 function readTable(dec: decoding.Decoder, what: string): string[] {
   const n = readCount(dec, what, 1)
@@ -255,30 +279,63 @@ function decodeBody(type: number, dec: decoding.Decoder, what: string): Message 
     }
     case MSG.aeDigests: {
       const session = readUint(dec, what)
+      const req = readUint(dec, what)
       const view = readString(dec, what)
-      const level = readUint(dec, what)
-      if (level < 1 || level > 8) throw new Error(`level ${level} outside 1..8`)
-      // Each parent costs at least one byte and brings 16 children of at least 5 bytes each.
-      const n = readCount(dec, what, 81)
+      const depth = readByte(dec, what)
+      const bits = readByte(dec, what)
+      if (bits < 1 || bits > MAX_SPLIT_BITS || depth + bits > 32) throw new Error(`split of ${bits} bits at depth ${depth}`)
+      // Each parent costs at least a byte for its prefix and one for its mask.
+      const n = readCount(dec, what, 2)
       const parents: number[] = []
-      for (let i = 0; i < n; i++) parents.push(readUint(dec, what))
-      const nodes: DigestNode[] = []
-      for (let i = 0; i < n * 16; i++) nodes.push({ digest: readU32(dec, what), count: readUint(dec, what) })
-      return { t: 'aeDigests', session, view, level, parents, nodes }
+      let prev = -1
+      for (let i = 0; i < n; i++) {
+        const p = prev + 1 + readUint(dec, what)
+        if (p >= 2 ** depth) throw new Error(`prefix ${p} has more than ${depth} bits`)
+        parents.push(p)
+        prev = p
+      }
+      const present: number[] = []
+      let digestCount = 0
+      for (let i = 0; i < n; i++) {
+        const mask = readUint(dec, what)
+        if (mask >= 2 ** (1 << bits)) throw new Error(`mask ${mask} names more than ${1 << bits} children`)
+        present.push(mask)
+        digestCount += popcount(mask)
+      }
+      if (digestCount * 4 > bytesLeft(dec)) throw new Error(`${digestCount} digests exceed the ${bytesLeft(dec)} bytes left`)
+      const digests: number[] = []
+      for (let i = 0; i < digestCount; i++) digests.push(readU32(dec, what))
+      return { t: 'aeDigests', session, req, view, depth, bits, parents, present, digests }
     }
     case MSG.aeNeed: {
       const session = readUint(dec, what)
-      const view = readString(dec, what)
-      const level = readUint(dec, what)
+      const req = readUint(dec, what)
+      const bits = readByte(dec, what)
+      if (bits < 1 || bits > MAX_SPLIT_BITS) throw new Error(`split of ${bits} bits`)
+      const f = 2 ** (1 << bits)
       const n = readCount(dec, what, 1)
-      const prefixes: number[] = []
-      for (let i = 0; i < n; i++) prefixes.push(readUint(dec, what))
-      return { t: 'aeNeed', session, view, level, prefixes }
+      const differ: number[] = []
+      const whole: number[] = []
+      for (let i = 0; i < n; i++) {
+        const v = readUint(dec, what)
+        const d = v % f
+        const w = Math.floor(v / f)
+        if (w >= f || (w & ~d) !== 0) throw new Error('a child to ship whole that does not differ')
+        differ.push(d)
+        whole.push(w)
+      }
+      return { t: 'aeNeed', session, req, bits, differ, whole }
     }
     case MSG.aeDone:
       return { t: 'aeDone', session: readUint(dec, what), vv: VersionVector.decode(dec, what) }
     case MSG.ext:
       return { t: 'ext', channel: readString(dec, what), payload: readBytes(dec, what) }
+    case MSG.links: {
+      const n = readCount(dec, what, 1)
+      const peers: string[] = []
+      for (let i = 0; i < n; i++) peers.push(readString(dec, what))
+      return { t: 'links', peers }
+    }
     default:
       throw new ProtocolError(type, 0, `unknown message type ${type}`)
   }

@@ -9,10 +9,16 @@
  *   it or received from it) and what it acknowledged as durable (`peerAcked`). Live deltas go to
  *   every link whose peer lacks them, which is also how relay works: a delta received from A is
  *   forwarded to B and C once durable here, so any connected graph converges.
+ * - Relay skips a peer that has a link with the delta's origin (peers announce their links): in a
+ *   full mesh nothing is relayed, and a peer that loses a link is caught up from here.
  * - On connect, peers exchange catalogs and version vectors; each side sends what the other
  *   lacks from its log, with the deltas of each key joined into one (a catch-up ships changed
- *   states, not histories). Where the log no longer reaches back, anti-entropy compares digests
- *   of hashed key ranges and ships only the ranges that differ (antiEntropy.ts).
+ *   states, not histories). Deltas the log no longer holds (dropped past the retention bound, or
+ *   received folded into states) are found by key in the journal (journal.ts) and their keys'
+ *   states shipped. Only where this node never tracked what a peer lacks (a peer it did not know,
+ *   tracking given up) does anti-entropy compare digests of hashed key ranges (antiEntropy.ts).
+ * - Known peers, what they acknowledged, and the journal's epochs are kept in the storage's meta
+ *   region, so log retention and tracking outlive a restart.
  * - A slow peer never makes the sender buffer without bound: past a high-water mark the link
  *   stops taking live deltas, and once drained it catches up from the log like a reconnect.
  */
@@ -24,6 +30,8 @@ import { VersionVector } from '../storage/versionVector.js'
 import { decodeMessage, encodeMessage, ProtocolError, PROTOCOL_VERSION, type Message, type WireDelta, type WireState } from './messages.js'
 import { newNonce, proof, verify } from './auth.js'
 import { AntiEntropy } from './antiEntropy.js'
+import { decodeEpoch, encodeEpoch, Journal, type KeySet } from './journal.js'
+import { readByte, readString } from '../../crdts/codec.js'
 
 /** An open, message-framed, ordered connection to another node. */
 export interface PeerChannel {
@@ -64,6 +72,11 @@ export interface ReplicatorOptions {
   ackIntervalMs: number
   /** How often links are checked for deltas their peer lacks and was never sent. */
   sweepIntervalMs: number
+  /**
+   * Keys the journal tracks (see journal.ts) before it gives up: peers that lack what it named
+   * then catch up by digest anti-entropy. 0 turns tracking off.
+   */
+  maxTrackedKeys: number
   /** Timers, so the simulator can drive them. */
   setTimer(ms: number, fn: () => void): () => void
 }
@@ -73,6 +86,7 @@ export const DEFAULT_REPLICATOR_OPTIONS: Omit<ReplicatorOptions, 'setTimer'> = {
   highWaterBytes: 8 * 1024 * 1024,
   ackIntervalMs: 20,
   sweepIntervalMs: 1000,
+  maxTrackedKeys: 1_000_000,
 }
 
 /**
@@ -119,6 +133,8 @@ export interface ReplicationStats {
   bytesOut: number
   catchUps: number
   catchUpStates: number
+  /** Of those, states of keys the journal named (their deltas had left the log). */
+  journalStates: number
   catchUpBytes: number
   antiEntropyRuns: number
   antiEntropyBytes: number
@@ -138,6 +154,39 @@ interface Known {
   bytesOut: number
   /** When the peer first lacked something we have, for lag in ms; null when in sync. */
   behindSince: number | null
+  /**
+   * Deltas the journal does not track for this peer (held here before the peer was known, or
+   * when tracking was given up) and that it has not acknowledged: where the log cannot serve
+   * them, only anti-entropy can. Null when there are none.
+   */
+  gap: VersionVector | null
+  /** Changed since last saved. */
+  dirty: boolean
+}
+
+const META = 'repl:'
+const PEER_META = `${META}peer:`
+const EPOCH_META = `${META}epoch:`
+const PEER_FORMAT = 1
+
+function encodePeer(k: Known): Uint8Array {
+  const enc = encoding.createEncoder()
+  encoding.writeUint8(enc, PEER_FORMAT)
+  encoding.writeVarString(enc, k.url ?? '')
+  k.acked.encode(enc)
+  encoding.writeUint8(enc, k.gap ? 1 : 0)
+  k.gap?.encode(enc)
+  return encoding.toUint8Array(enc)
+}
+
+function decodePeer(replica: string, bytes: Uint8Array): Known {
+  const what = 'saved peer'
+  const dec = decoding.createDecoder(bytes)
+  if (readByte(dec, what) !== PEER_FORMAT) throw new Error(`${what}: unknown format`)
+  const url = readString(dec, what)
+  const acked = VersionVector.decode(dec, what)
+  const gap = readByte(dec, what) === 1 ? VersionVector.decode(dec, what) : null
+  return { replica, url: url === '' ? null : url, acked, lastSeen: null, blocked: false, bytesIn: 0, bytesOut: 0, behindSince: null, gap, dirty: false }
 }
 
 export class Link {
@@ -151,8 +200,14 @@ export class Link {
   sentAuth = false
   /** What the peer has, as far as this node knows. */
   peerHas = new VersionVector()
+  /** The replicas the peer has links with (its last `links`); null until it said. */
+  peerLinks: Set<string> | null = null
+  /** Keys of states received since the last `covers` (a catch-up's or a session's): the claim names their deltas. */
+  pendingFold: KeySet = new Map()
   lagging = false
   catchingUp = false
+  /** A catch-up was asked for while one ran: run another after it. */
+  catchUpAgain = false
   gotVv = false
   ackTimer: (() => void) | null = null
 
@@ -174,6 +229,11 @@ export class Replicator {
   private readonly extensions = new Map<string, ExtensionHandler>()
   private closed = false
   private cancelSweep: () => void = () => {}
+  /** What this node held at the last sweep: a peer still lacking some of it a sweep later gets a catch-up. */
+  private sweepMark: VersionVector | null = null
+  /** The last `links` list announced. */
+  private announced = ''
+  readonly journal: Journal
   readonly ae: AntiEntropy
   readonly stats: ReplicationStats = {
     deltasIn: 0,
@@ -184,6 +244,7 @@ export class Replicator {
     bytesOut: 0,
     catchUps: 0,
     catchUpStates: 0,
+    journalStates: 0,
     catchUpBytes: 0,
     antiEntropyRuns: 0,
     antiEntropyBytes: 0,
@@ -196,14 +257,23 @@ export class Replicator {
     options: Partial<ReplicatorOptions> & Pick<ReplicatorOptions, 'setTimer'>,
   ) {
     this.options = { ...DEFAULT_REPLICATOR_OPTIONS, ...options }
+    this.journal = new Journal(this.options.maxTrackedKeys)
     this.ae = new AntiEntropy(host.store, (link, m) => this.send(link, m), this.stats, () => host.storage.flushed())
-    host.storage.onDurable((deltas) => this.shipDurable(deltas))
+    host.storage.onDurable((deltas) => {
+      this.track(deltas)
+      this.shipDurable(deltas)
+    })
     host.storage.setLogRetention((r) => {
       // A record may go once every peer this node knows has acknowledged all of it.
+      let keep = false
       for (const k of this.known.values()) {
-        for (const [origin, [, hi]] of r.ranges) if (k.acked.get(origin) < hi) return false
+        for (const [origin, [, hi]] of r.ranges) if (k.acked.get(origin) < hi) keep = true
       }
-      return true
+      // Past the bound it goes anyway: what names its deltas by key must be on disk first (the
+      // writes queued now land in the batch that records the log's new low-water mark, or before).
+      const storage = host.storage
+      if (keep && storage.retainedLog().bytes > storage.options.maxRetainedLogBytes) this.persist()
+      return !keep
     })
     this.cancelSweep = this.options.setTimer(this.options.sweepIntervalMs, () => this.sweep())
     host.store.subscribe((ev) => {
@@ -211,6 +281,96 @@ export class Replicator {
       if (ev.kind !== 'define' || this.catalogSource !== null) return
       for (const link of this.ready.values()) this.sendCatalog(link)
     })
+  }
+
+  /**
+   * Loads the known peers and the journal saved by the last run, and tracks again the logged
+   * deltas some known peer has not acknowledged (the open epoch lived in memory only: the log
+   * held its deltas). Call once, before any link and any write.
+   */
+  async load(): Promise<void> {
+    const storage = this.host.storage
+    let lost = false
+    for (const { name, body } of await storage.scanMeta(META)) {
+      try {
+        if (name.startsWith(PEER_META)) {
+          const replica = name.slice(PEER_META.length)
+          this.known.set(replica, decodePeer(replica, body))
+        } else if (name.startsWith(EPOCH_META) && body.length > 0) {
+          this.journal.restore(decodeEpoch(body, Number(name.slice(EPOCH_META.length))))
+        }
+      } catch (err) {
+        this.host.log(`replication state "${name}" is unreadable (${(err as Error).message}); peers that lack deltas this node cannot name will catch up by anti-entropy`)
+        lost = true
+      }
+    }
+    this.journal.sortRestored()
+    if (lost) this.loseTracking()
+    if (this.known.size === 0) return
+    const known = [...this.known.values()]
+    for await (const entries of storage.readLog((o, s) => known.some((k) => !k.acked.covers(o, s)))) {
+      for (const e of entries) this.journal.track(e.viewNo, e.key, e.origin, e.seq)
+    }
+    if (this.journal.size() > this.options.maxTrackedKeys) this.loseTracking()
+    this.journal.rotate(storage.logged)
+  }
+
+  // ---- journal and saved state ----
+
+  /** Tracks the keys of durable deltas for the peers that may lack them. */
+  private track(deltas: DurableDelta[]): void {
+    if (this.known.size === 0) return
+    for (const d of deltas) {
+      if (!this.journal.track(d.view.no, d.key, d.origin, d.seq)) return this.loseTracking()
+    }
+  }
+
+  /**
+   * The journal is over its bound (or unreadable): it goes, and every peer's gap takes all this
+   * node holds, so a peer that lacks what the log cannot serve gets anti-entropy.
+   */
+  private loseTracking(): void {
+    const logged = this.host.storage.logged
+    for (const k of this.known.values()) {
+      if (logged.isCoveredBy(k.acked)) continue
+      k.gap ??= new VersionVector()
+      k.gap.merge(logged)
+      k.dirty = true
+    }
+    this.freeSlots(this.journal.clear())
+  }
+
+  /** Writes freed epoch slots empty, after the peers (their gaps and acknowledgements) in the same batch. */
+  private freeSlots(slots: number[]): void {
+    if (slots.length === 0) return
+    this.savePeers()
+    for (const slot of slots) this.putMeta(`${EPOCH_META}${slot}`, new Uint8Array(0))
+  }
+
+  private putMeta(name: string, body: Uint8Array): void {
+    // A failed disk fails every later write too, and the node reports it there.
+    this.host.storage.putMeta(name, body).catch(() => {})
+  }
+
+  private savePeers(): void {
+    for (const k of this.known.values()) {
+      if (!k.dirty) continue
+      k.dirty = false
+      this.putMeta(`${PEER_META}${k.replica}`, encodePeer(k))
+    }
+  }
+
+  /** Queues every unsaved peer and journal epoch for the next group commit. */
+  private persist(): void {
+    this.savePeers()
+    for (const e of this.journal.persist(this.host.storage.logged)) this.putMeta(`${EPOCH_META}${e.slot as number}`, encodeEpoch(e))
+  }
+
+  /** Drops the epochs every known peer has acknowledged, and starts a new one. */
+  private pruneJournal(): void {
+    const known = [...this.known.values()]
+    this.freeSlots(this.journal.prune((bound) => known.every((k) => bound.isCoveredBy(k.acked))))
+    this.journal.rotate(this.host.storage.logged)
   }
 
   // ---- links ----
@@ -238,6 +398,7 @@ export class Replicator {
       this.ready.delete(link.peer)
       this.host.log(`peer ${link.peer} disconnected`)
       for (const x of this.extensions.values()) x.linkDown?.(link.peer)
+      if (!this.closed) this.announceLinks()
     }
     this.ae.linkClosed(link)
   }
@@ -306,6 +467,8 @@ export class Replicator {
       case 'aeNeed':
       case 'aeDone':
         return this.ae.handle(link, m, (covers: VersionVector) => this.onAeDone(link, covers))
+      case 'links':
+        return this.onLinks(link, m.peers)
       case 'ext': {
         const x = this.extensions.get(m.channel)
         // An extension this node lacks (an older version): ignoring it keeps the views flowing.
@@ -361,10 +524,18 @@ export class Replicator {
     this.ready.set(peer, link)
     let k = this.known.get(peer)
     if (!k) {
-      k = { replica: peer, url: link.url, acked: new VersionVector(), lastSeen: null, blocked: false, bytesIn: 0, bytesOut: 0, behindSince: null }
+      // Nothing held so far is tracked for this peer: all of it is its gap until it acknowledges.
+      const logged = this.host.storage.logged
+      const gap = logged.total() > 0 ? logged.clone() : null
+      k = { replica: peer, url: link.url, acked: new VersionVector(), lastSeen: null, blocked: false, bytesIn: 0, bytesOut: 0, behindSince: null, gap, dirty: true }
       this.known.set(peer, k)
     }
-    if (link.url) k.url = link.url
+    if (link.url && link.url !== k.url) {
+      k.url = link.url
+      k.dirty = true
+    }
+    // Saved at once: retention protects this peer from now on, across restarts too.
+    this.savePeers()
     k.lastSeen = this.host.now()
     this.host.log(`peer ${peer} connected (${link.dialled ? 'dialled' : 'accepted'})`)
     this.sendCatalog(link)
@@ -418,11 +589,23 @@ export class Replicator {
 
   private onVv(link: Link, vv: VersionVector): void {
     const k = this.known.get(link.peer as string) as Known
-    k.acked.merge(vv)
+    if (!link.gotVv && !k.acked.isCoveredBy(vv)) {
+      // The peer lacks deltas it acknowledged (a new data directory, or a crash before its
+      // vector was durable): what was pruned from the journal on its word, it may lack.
+      this.host.log(`peer ${k.replica} no longer holds deltas it acknowledged; what this node cannot name for it goes by anti-entropy`)
+      k.acked = vv.clone()
+      k.gap ??= new VersionVector()
+      k.gap.merge(this.host.storage.logged)
+      k.dirty = true
+    } else if (k.acked.merge(vv)) k.dirty = true
+    if (k.gap && k.gap.isCoveredBy(k.acked)) k.gap = null
     this.updateBehind(k)
     link.peerHas.merge(vv)
+    this.pruneJournal()
     if (!link.gotVv) {
       link.gotVv = true
+      // Announced to every peer when the set changed, this one included; else to this one.
+      if (!this.announceLinks()) this.send(link, { t: 'links', peers: this.linkedPeers() })
       void this.catchUp(link)
     }
   }
@@ -434,7 +617,7 @@ export class Replicator {
   }
 
   private scheduleAck(link: Link): void {
-    if (link.ackTimer) return
+    if (link.ackTimer || link.state !== 'ready') return
     link.ackTimer = this.options.setTimer(this.options.ackIntervalMs, () => {
       link.ackTimer = null
       this.send(link, { t: 'vv', vv: this.host.storage.logged })
@@ -442,68 +625,196 @@ export class Replicator {
   }
 
   /**
-   * Sends the peer what it lacks: from the log when the log reaches back far enough, else by
-   * anti-entropy. States of a key are joined first, so each changed key travels once.
+   * Acknowledges to every peer, not only the sender: a peer that holds these deltas too learns
+   * that this node needs no relay of them, and may let its log records go.
+   */
+  private ackAll(): void {
+    for (const link of this.ready.values()) this.scheduleAck(link)
+  }
+
+  // ---- links between peers ----
+
+  private linkedPeers(): string[] {
+    const out: string[] = []
+    for (const [peer, link] of this.ready) if (link.gotVv) out.push(peer)
+    return out.sort()
+  }
+
+  /** Tells every peer which replicas this node has links with now, after its vector (see onLinks). False if unchanged. */
+  private announceLinks(): boolean {
+    const peers = this.linkedPeers()
+    const key = peers.join('\u0000')
+    if (key === this.announced) return false
+    this.announced = key
+    for (const link of this.ready.values()) {
+      this.send(link, { t: 'vv', vv: this.host.storage.logged })
+      this.send(link, { t: 'links', peers })
+    }
+    return true
+  }
+
+  /**
+   * The peer's links: deltas of a replica it has a link with reach it from there, so this node
+   * does not relay them. A link it lost may have dropped deltas in flight that this node did not
+   * relay: its vector (sent just before) says what it has, and a catch-up sends the rest.
+   */
+  private onLinks(link: Link, peers: string[]): void {
+    const before = link.peerLinks
+    link.peerLinks = new Set(peers)
+    if (before && [...before].some((p) => !link.peerLinks?.has(p))) void this.catchUp(link)
+  }
+
+  // ---- catch-up ----
+
+  /**
+   * True when the peer may lack deltas that neither the log nor the journal can give it: those
+   * of its gap below what the log still serves.
+   */
+  private untracked(k: Known, has: VersionVector): boolean {
+    if (!k.gap) return false
+    for (const o of k.gap.origins()) {
+      const need = Math.min(k.gap.max(o), this.host.storage.lowWater(o) - 1)
+      if (need > 0 && has.get(o) < need) return true
+    }
+    return false
+  }
+
+  /**
+   * Sends the peer what it lacks: from the log, each key's deltas joined into one, where the log
+   * still holds them; the states of the keys the journal names where it does not; by
+   * anti-entropy where neither can (untracked).
    */
   private async catchUp(link: Link): Promise<void> {
-    if (link.catchingUp || link.state !== 'ready') return
+    if (link.state !== 'ready') return
+    if (link.catchingUp) {
+      link.catchUpAgain = true
+      return
+    }
     link.catchingUp = true
-    this.stats.catchUps++
     try {
-      const storage = this.host.storage
-      const has = link.peerHas.clone()
-      let needAe = false
-      for (const origin of storage.logged.origins()) {
-        if (has.get(origin) + 1 < storage.lowWater(origin)) needAe = true
-      }
-      if (needAe) {
-        this.stats.antiEntropyRuns++
-        await this.ae.start(link, storage.logged.clone())
-        return
-      }
-      const want = (o: string, s: number) => !has.covers(o, s)
-      let batch = new Map<string, { view: View; key: string; state: unknown }>()
-      let covers = new VersionVector()
-      let bytes = 0
-      const flush = async () => {
-        if (batch.size === 0) return
-        const states: WireState[] = []
-        for (const { view, key, state } of batch.values()) {
-          const enc = encoding.createEncoder()
-          view.type.encode(enc, state)
-          states.push({ view: view.name, type: view.def.type, key, bytes: encoding.toUint8Array(enc) })
-        }
-        this.stats.catchUpStates += states.length
-        const before = this.stats.bytesOut
-        this.send(link, { t: 'states', states, covers })
-        this.stats.catchUpBytes += this.stats.bytesOut - before
-        link.peerHas.merge(covers)
-        batch = new Map()
-        covers = new VersionVector()
-        bytes = 0
-        await this.drained(link)
-      }
-      for await (const entries of storage.readLog(want)) {
-        if (link.state !== 'ready') return
-        for (const e of entries) {
-          const view = this.host.store.viewByNo(e.viewNo)
-          covers.add(e.origin, e.seq)
-          if (!view) continue
-          const delta = view.type.decode(decoding.createDecoder(e.delta))
-          const id = `${e.viewNo}\u0000${e.key}`
-          const slot = batch.get(id)
-          if (slot) view.type.join(slot.state, delta)
-          else {
-            batch.set(id, { view, key: e.key, state: delta })
-            bytes += e.key.length + e.delta.length
-          }
-        }
-        if (bytes > this.options.maxMessageBytes / 2) await flush()
-      }
-      await flush()
+      do {
+        link.catchUpAgain = false
+        this.stats.catchUps++
+        await this.catchUpOnce(link)
+      } while (link.catchUpAgain && link.state === 'ready')
     } finally {
       link.catchingUp = false
     }
+  }
+
+  private async catchUpOnce(link: Link): Promise<void> {
+    const storage = this.host.storage
+    const k = this.known.get(link.peer as string) as Known
+    const has = link.peerHas.clone()
+    if (this.untracked(k, has)) return this.antiEntropy(link, has)
+    const snapshot = storage.logged.clone()
+    const lowWater = (o: string) => storage.lowWater(o)
+    // Keys that go as whole states below: their log deltas need not travel too.
+    const skip: KeySet = new Map()
+    this.journal.spilledKeys(has, lowWater, skip)
+    // The log picks records by their lowest and highest sequence per origin: asking for every
+    // sequence above the peer's contiguous prefix also finds a record whose ends the peer has
+    // and whose middle it lacks. Entries it has are skipped below.
+    const want = (o: string, s: number) => s > has.get(o)
+    let batch = new Map<string, { view: View; key: string; state: unknown }>()
+    let covers = new VersionVector()
+    let bytes = 0
+    const flush = async () => {
+      if (batch.size === 0 && covers.total() === 0) return
+      const states: WireState[] = []
+      for (const { view, key, state } of batch.values()) {
+        const enc = encoding.createEncoder()
+        view.type.encode(enc, state)
+        states.push({ view: view.name, type: view.def.type, key, bytes: encoding.toUint8Array(enc) })
+      }
+      this.sendStates(link, states, covers)
+      batch = new Map()
+      covers = new VersionVector()
+      bytes = 0
+      await this.drained(link)
+    }
+    for await (const entries of storage.readLog(want)) {
+      if (link.state !== 'ready') return
+      for (const e of entries) {
+        if (has.covers(e.origin, e.seq) || skip.get(e.viewNo)?.has(e.key)) continue
+        const view = this.host.store.viewByNo(e.viewNo)
+        covers.add(e.origin, e.seq)
+        if (!view) continue
+        const delta = view.type.decode(decoding.createDecoder(e.delta))
+        const id = `${e.viewNo}\u0000${e.key}`
+        const slot = batch.get(id)
+        if (slot) view.type.join(slot.state, delta)
+        else {
+          batch.set(id, { view, key: e.key, state: delta })
+          bytes += e.key.length + e.delta.length
+        }
+      }
+      if (bytes > this.options.maxMessageBytes / 2) await flush()
+    }
+    await flush()
+    if (link.state !== 'ready') return
+    // A compaction may have dropped records while they were read: deltas the log was to serve.
+    if (this.untracked(k, has)) return this.antiEntropy(link, has)
+    const spilled = this.journal.spilledKeys(has, lowWater, skip)
+    if (spilled && !(await this.shipKeys(link, skip, snapshot.diff(has)))) return
+    // Everything the peer lacked of `snapshot` went (or it had it: the journal forgets only
+    // what every peer acknowledged), so the sweep need not come back for it.
+    if (link.state === 'ready') link.peerHas.merge(snapshot)
+  }
+
+  private sendStates(link: Link, states: WireState[], covers: VersionVector | null): void {
+    this.stats.catchUpStates += states.length
+    const before = this.stats.bytesOut
+    this.send(link, { t: 'states', states, covers })
+    this.stats.catchUpBytes += this.stats.bytesOut - before
+    if (covers) link.peerHas.merge(covers)
+  }
+
+  /**
+   * Ships the current states of `keys`, the last message with `covers`: the peer holds those
+   * deltas only once it has every state. Each message waits until the writes its states include
+   * are durable here (see AntiEntropy.ship). False if the link or the disk failed meanwhile.
+   */
+  private async shipKeys(link: Link, keys: KeySet, covers: VersionVector): Promise<boolean> {
+    const storage = this.host.storage
+    let states: WireState[] = []
+    let bytes = 0
+    const send = async (last: boolean): Promise<boolean> => {
+      try {
+        await storage.flushed()
+      } catch {
+        return false
+      }
+      if (link.state !== 'ready') return false
+      this.stats.journalStates += states.length
+      this.sendStates(link, states, last ? covers : null)
+      states = []
+      bytes = 0
+      if (!last) await this.drained(link)
+      return link.state === 'ready'
+    }
+    for (const [no, set] of keys) {
+      const view = this.host.store.viewByNo(no)
+      if (!view) continue
+      for (const key of set) {
+        const state = view.states.get(key)
+        if (state === undefined) continue
+        const enc = encoding.createEncoder()
+        view.type.encode(enc, state)
+        const b = encoding.toUint8Array(enc)
+        states.push({ view: view.name, type: view.def.type, key, bytes: b })
+        bytes += b.length + key.length
+        if (bytes > this.options.maxMessageBytes / 2 && !(await send(false))) return false
+      }
+    }
+    return send(true)
+  }
+
+  private async antiEntropy(link: Link, has: VersionVector): Promise<void> {
+    this.stats.antiEntropyRuns++
+    const snapshot = this.host.storage.logged.clone()
+    await this.ae.start(link, snapshot.diff(has))
+    if (link.state === 'ready') link.peerHas.merge(snapshot)
   }
 
   /** Resolves once the link's buffer is below the high-water mark (or the link is gone). */
@@ -517,30 +828,80 @@ export class Replicator {
     })
   }
 
+  /**
+   * The peer shipped every range where our states differed: this node now holds everything the
+   * peer held when it started, so its deltas count as delivered here. Which keys they touched
+   * is unknown (equal ranges did not travel, and this node may hold their content from states
+   * that came without a claim): for the other peers they are untracked, like deltas held before
+   * a peer was known, and one that lacks them where the log cannot serve them gets
+   * anti-entropy in turn.
+   */
   private onAeDone(link: Link, covers: VersionVector): void {
-    // The peer shipped every range where our states differed: this node now holds everything
-    // the peer held when it started, so its deltas count as delivered here.
+    const storage = this.host.storage
+    const fresh = covers.diff(storage.logged)
+    link.pendingFold = new Map()
+    this.delivered(link, covers, () => {
+      for (const k of this.known.values()) {
+        if (k.replica === link.peer || fresh.isCoveredBy(k.acked)) continue
+        k.gap ??= new VersionVector()
+        k.gap.merge(fresh)
+        k.dirty = true
+      }
+      this.savePeers()
+    })
+  }
+
+  /**
+   * States received with a claim (`covers`) that this node now holds those deltas: the keys of
+   * the states that came with it (since the previous claim on this link: the sender ships every
+   * key of what it claims) are journaled for the other peers, on disk in the same batch.
+   */
+  private fold(link: Link, covers: VersionVector): void {
+    const storage = this.host.storage
+    const keys = link.pendingFold
+    link.pendingFold = new Map()
+    this.delivered(link, covers, () => {
+      if (this.known.size < 2) return
+      this.journal.fold(keys, storage.logged)
+      if (this.journal.size() > this.options.maxTrackedKeys) this.loseTracking()
+      this.persist()
+    })
+  }
+
+  /**
+   * Records claimed deltas as delivered (the log cannot serve them); `track` runs right after,
+   * so what it queues lands in the same batch as the new vectors. Once durable: acknowledged,
+   * and other peers that lack some of them caught up (the states go on from here, with a claim
+   * of this node's own).
+   */
+  private delivered(link: Link, covers: VersionVector, track: () => void): void {
     link.peerHas.merge(covers)
-    void this.host.storage.markDelivered(covers).then(
+    const done = this.host.storage.markDelivered(covers)
+    track()
+    void done.then(
       () => {
-        this.scheduleAck(link)
-        // Other peers may lack what just arrived, and no log can serve it: catch them up.
-        for (const other of this.ready.values()) if (other !== link) void this.catchUp(other)
+        this.ackAll()
+        for (const other of this.ready.values()) {
+          if (other !== link && other.gotVv && !covers.isCoveredBy(other.peerHas)) void this.catchUp(other)
+        }
       },
       () => {},
     )
   }
 
   /**
-   * The safety net behind relay: every so often, a link whose peer lacks deltas this node holds
-   * and did not send (a relay that could not happen, a lost race) gets a catch-up.
+   * The safety net behind relay: a link whose peer still lacks, a sweep later, something this
+   * node held at the last sweep (a relay skipped for a link that then failed, a lost race) gets
+   * a catch-up. Known peers' acknowledgements are saved here too, for retention after a restart.
    */
   private sweep(): void {
     if (this.closed) return
-    const logged = this.host.storage.logged
+    const mark = this.sweepMark
     for (const link of this.ready.values()) {
-      if (link.gotVv && !link.lagging && !link.catchingUp && !logged.isCoveredBy(link.peerHas)) void this.catchUp(link)
+      if (mark && link.gotVv && !link.lagging && !link.catchingUp && !mark.isCoveredBy(link.peerHas)) void this.catchUp(link)
     }
+    this.sweepMark = this.host.storage.logged.clone()
+    this.savePeers()
     this.cancelSweep = this.options.setTimer(this.options.sweepIntervalMs, () => this.sweep())
   }
 
@@ -552,7 +913,7 @@ export class Replicator {
     const known = this.known.get(link.peer as string)
     for (const d of deltas) {
       link.peerHas.add(d.origin, d.seq)
-      known?.acked.add(d.origin, d.seq)
+      if (known?.acked.add(d.origin, d.seq)) known.dirty = true
       const id = `${d.origin}\u0000${d.seq}`
       if (storage.logged.covers(d.origin, d.seq) || this.pending.has(id)) {
         this.stats.duplicatesIn++
@@ -573,7 +934,7 @@ export class Replicator {
         () => {
           this.pending.delete(id)
           // Acknowledge once durable: an ack sent before would leave these out for good.
-          this.scheduleAck(link)
+          this.ackAll()
         },
         () => this.pending.delete(id),
       )
@@ -595,24 +956,17 @@ export class Replicator {
         // Persisted as a delta of no origin of its own: the covered deltas are what it carries.
         storage.appendState(view, s.key, state)
       }
+      let keys = link.pendingFold.get(view.no)
+      if (!keys) link.pendingFold.set(view.no, (keys = new Set()))
+      keys.add(s.key)
     }
-    if (covers) {
-      link.peerHas.merge(covers)
-      void storage.markDelivered(covers).then(
-        () => this.scheduleAck(link),
-        () => {},
-      )
-      // Relay: the log cannot serve these deltas (they came folded into states), so pass the
-      // states on as they are to every other peer that lacks some of them.
-      for (const other of this.ready.values()) {
-        if (other === link || !other.gotVv || covers.isCoveredBy(other.peerHas)) continue
-        this.send(other, { t: 'states', states, covers })
-        other.peerHas.merge(covers)
-      }
-    }
+    if (covers) this.fold(link, covers)
   }
 
-  /** Ships each durable delta (local or relayed) to every ready link whose peer lacks it. */
+  /**
+   * Ships each durable delta (local or relayed) to every ready link whose peer lacks it, except
+   * a relayed delta to a peer that has a link with its origin: it gets the delta from there.
+   */
   private shipDurable(deltas: DurableDelta[]): void {
     if (this.ready.size === 0) return
     const wire: WireDelta[] = []
@@ -621,6 +975,7 @@ export class Replicator {
       d.view.type.encode(enc, d.delta)
       wire.push({ origin: d.origin, seq: d.seq, view: d.view.name, type: d.view.def.type, key: d.key, bytes: encoding.toUint8Array(enc) })
     }
+    const self = this.host.id
     for (const link of this.ready.values()) {
       if (!link.gotVv) continue
       if (link.lagging || link.channel.bufferedAmount() > this.options.highWaterBytes) {
@@ -630,7 +985,8 @@ export class Replicator {
       let out: WireDelta[] = []
       let size = 0
       for (const w of wire) {
-        if (link.peerHas.covers(w.origin, w.seq)) continue
+        if (w.origin === link.peer || link.peerHas.covers(w.origin, w.seq)) continue
+        if (w.origin !== self && link.peerLinks?.has(w.origin)) continue
         link.peerHas.add(w.origin, w.seq)
         out.push(w)
         size += w.bytes.length + w.key.length + 8
@@ -731,6 +1087,8 @@ export class Replicator {
   close(): void {
     this.closed = true
     this.cancelSweep()
+    // Acknowledgements since the last sweep: the storage closes after this, writing them.
+    this.savePeers()
     for (const link of [...this.links]) {
       link.channel.close(CLOSE.normal, 'node is shutting down')
       this.closed_(link)

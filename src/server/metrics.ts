@@ -65,6 +65,8 @@ export function createMetrics(node: SpeedNode): ServerMetrics {
   gauge('speedlayer_replication_bytes_out_total', 'Peer protocol bytes sent', () => repl().bytesOut)
   gauge('speedlayer_replication_catchups_total', 'Catch-ups run (on connect, after a slow period, by the sweep)', () => repl().catchUps)
   gauge('speedlayer_replication_catchup_bytes_total', 'Bytes shipped by catch-ups from the log', () => repl().catchUpBytes)
+  gauge('speedlayer_replication_journal_states_total', 'States shipped by catch-ups for keys whose deltas had left the log', () => repl().journalStates)
+  gauge('speedlayer_replication_journal_keys', 'Keys the catch-up journal tracks for peers that may lack their deltas', () => node.replication.replicator.journal.size())
   gauge('speedlayer_replication_antientropy_runs_total', 'Anti-entropy sessions started', () => repl().antiEntropyRuns)
   gauge('speedlayer_replication_antientropy_bytes_total', 'Bytes shipped by anti-entropy (digests and states)', () => repl().antiEntropyBytes)
   gauge('speedlayer_replication_links_refused_total', 'Peer links closed by this node (auth, protocol, garbage, duplicates)', () => repl().linksRefused)

@@ -98,6 +98,37 @@ export class VersionVector {
     return true
   }
 
+  /**
+   * The deltas this vector holds and `other` does not. A catch-up claims only these in its
+   * `covers`: the receiver takes the claim's highest sequence as the end of what its own log can
+   * serve, so claiming deltas it already logged would cost it that.
+   */
+  diff(other: VersionVector): VersionVector {
+    const out = new VersionVector()
+    for (const [o, e] of this.m) {
+      const theirs = other.m.get(o)
+      const mine: Array<[number, number]> = e.max > 0 ? [[1, e.max], ...e.ranges] : e.ranges
+      const cut: Array<[number, number]> = theirs ? (theirs.max > 0 ? [[1, theirs.max], ...theirs.ranges] : theirs.ranges) : []
+      let j = 0
+      for (const [s0, t] of mine) {
+        let s = s0
+        while (j < cut.length && (cut[j] as [number, number])[1] < s) j++
+        let k = j
+        while (s <= t) {
+          const c = cut[k]
+          if (!c || c[0] > t) {
+            out.addRange(o, s, t)
+            break
+          }
+          if (c[0] > s) out.addRange(o, s, c[0] - 1)
+          s = Math.max(s, c[1] + 1)
+          k++
+        }
+      }
+    }
+    return out
+  }
+
   clone(): VersionVector {
     const vv = new VersionVector()
     for (const [o, e] of this.m) vv.m.set(o, { max: e.max, ranges: e.ranges.map(([s, t]) => [s, t] as [number, number]) })

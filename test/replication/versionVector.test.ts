@@ -28,6 +28,24 @@ const roundTrip = (vv: VersionVector) => {
 }
 
 describe('VersionVector', () => {
+  it('diff holds exactly the deltas of one vector the other lacks', () => {
+    fc.assert(
+      fc.property(fc.array(opArb, { maxLength: 30 }), fc.array(opArb, { maxLength: 30 }), (xs, ys) => {
+        const a = build(xs)
+        const b = build(ys)
+        const d = a.vv.diff(b.vv)
+        for (const o of ['a', 'b', 'c']) {
+          for (let i = 1; i <= 70; i++) expect(d.covers(o, i), `${o}#${i}`).toBe(a.vv.covers(o, i) && !b.vv.covers(o, i))
+        }
+        expect(d.isCoveredBy(a.vv)).toBe(true)
+        // What the diff leaves out, the other vector has: together they cover the first.
+        const both = d.clone()
+        both.merge(b.vv)
+        expect(a.vv.isCoveredBy(both)).toBe(true)
+      }),
+    )
+  })
+
   it('agrees with a set model: covers, get, max, total', () => {
     fc.assert(
       fc.property(fc.array(opArb, { maxLength: 40 }), (ops) => {

@@ -242,6 +242,7 @@ export class ReplicaNode implements SimPeer {
       { id: this.id, store, storage, now: () => this.endpoint.now(), log: (line) => this.log(line), saveCatalog: () => this.saveCatalog() },
       { ...this.options.replication, secret: this.options.secret, setTimer: (ms, fn) => this.endpoint.setTimer(ms, fn) },
     )
+    await replicator.load()
     this.replicator = replicator
     this.world.replicators.push(replicator)
     const early = this.early ?? []
