@@ -1,10 +1,13 @@
 /**
  * Ingest: every view's rule applied to every event (CONTRACT.md, "POST /ingest").
  *
- * `ingestNdjson` is the HTTP route's work: pass 1 (ndjson.ts) checks the whole body while keeping
- * it, pass 2 reads it back and applies the rules through `node.applyMany` in chunks, so the writes
- * share group commits, and answers once all of them are durable. When the write queue is full it
- * waits and retries the chunk: an ingest slows down under load, it does not fail.
+ * `ingestNdjson` is the HTTP route's work. Pass 1 (ndjson.ts) checks every line as the body
+ * arrives; while the body is within the memory bound, each event is folded into its groups
+ * (groups.ts) at once, so nothing of it is kept but the groups. Once the whole body has passed,
+ * the groups become writes, applied through `node.applyMany` (they share group commits), and the
+ * answer comes once all of them are durable. A body past the memory bound goes to a temp file
+ * in pass 1 and is read back in pass 2, folded and applied a slice at a time. When the write
+ * queue is full an ingest waits and retries: it slows down under load, it does not fail.
  *
  * What "nothing of the batch is applied" covers: a bad line (or a line over the bound) anywhere in
  * the body, found in pass 1, before anything is applied. A failure in pass 2 (the node shutting
@@ -14,7 +17,8 @@
 import type { Readable } from 'node:stream'
 import { NodeError, type SpeedNode, type Write } from '../node.js'
 import { isPlainObject } from '../../crdts/validate.js'
-import { compileRule, type CompiledRule } from './rules.js'
+import { RuleReader } from './rules.js'
+import { RuleGroups, type DrainContext, type Owner } from './groups.js'
 import { DEFAULT_MEMORY_BYTES, LineSplitter, parseLine, spoolNdjson } from './ndjson.js'
 
 export interface IngestResult {
@@ -32,10 +36,16 @@ export interface IngestStats {
   events: number
   /** Per view: events its rule rejected. */
   rejected: Map<string, number>
+  /** Per view: events its rule turned into a write that was applied. */
+  applied: Map<string, number>
   /** Ingest requests refused in pass 1: a bad or too long line, a body cut short. */
   badBatches: number
   /** Bodies that went to a temp file because they were larger than the memory bound. */
   spooled: number
+  /** Body bytes read by ingest requests, refused ones included. */
+  bytes: number
+  /** Writes (folded ops) the accepted requests applied: `events / writes` is the folding factor. */
+  writes: number
 }
 
 const statsByNode = new WeakMap<SpeedNode, IngestStats>()
@@ -43,20 +53,22 @@ const statsByNode = new WeakMap<SpeedNode, IngestStats>()
 /** The ingest totals of a node (created empty on first use). */
 export function ingestStats(node: SpeedNode): IngestStats {
   let s = statsByNode.get(node)
-  if (!s) statsByNode.set(node, (s = { batches: 0, events: 0, rejected: new Map(), badBatches: 0, spooled: 0 }))
+  if (!s) statsByNode.set(node, (s = { batches: 0, events: 0, rejected: new Map(), applied: new Map(), badBatches: 0, spooled: 0, bytes: 0, writes: 0 }))
   return s
 }
 
 export interface IngestOptions {
   /** Longest line in bytes (--max-body). */
   maxLineBytes: number
-  /** Bodies up to this size are kept in memory between the passes, larger ones in a temp file. */
+  /** Bodies up to this size are folded as they arrive, larger ones kept in a temp file for pass 2. */
   memoryBytes?: number
   tmpDir?: string
 }
 
 /** Writes per `applyMany` call: large enough to batch, small enough not to hold the event loop long. */
 const CHUNK_WRITES = 4096
+/** Pass 2 (a spooled body): events folded before their writes are applied. */
+const SLICE_EVENTS = 65_536
 /** Chunks applied but not yet durable: lets group commit batch several while the next is applied. */
 const MAX_IN_FLIGHT = 16
 const MAX_BACKOFF_MS = 250
@@ -66,69 +78,81 @@ const OVERLOAD_GIVE_UP_MS = 30_000
 const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 
 /**
- * Applies the rules of the node's views to events, one at a time (`add`), in chunks; `finish`
- * resolves with the counts once every write is durable.
+ * Applies the rules of the node's views to events: `add` folds one event into the groups of
+ * every rule, `flush` applies what is folded, `finish` resolves with the counts once every write
+ * is durable.
  */
 export class IngestBatch {
-  private readonly rules: Array<{ view: string; rule: CompiledRule }> = []
-  private readonly rejectedBy: number[]
-  private pending: Write[] = []
-  private pendingRule: number[] = []
+  private readonly rules: RuleGroups[] = []
   private inFlight: Promise<void>[] = []
   private now: number
+  private readonly ctx: DrainContext
   accepted = 0
+  /** Writes applied (after folding). */
+  writes = 0
 
   constructor(private readonly node: SpeedNode) {
+    const maxElements = node.store.limits.maxOpElements
     for (const v of node.views()) {
-      const rule = compileRule(v.def, { maxDriftMs: node.maxDriftMs })
-      if (rule) this.rules.push({ view: v.name, rule })
+      if (!v.def.ingest) continue
+      this.rules.push(new RuleGroups(v.name, new RuleReader(v.def as typeof v.def & { ingest: NonNullable<typeof v.def.ingest> }, { maxDriftMs: node.maxDriftMs }), maxElements))
     }
-    this.rejectedBy = this.rules.map(() => 0)
     this.now = node.now()
+    this.ctx = { maxElements, read: (view, key) => node.read(view, key).value }
   }
 
-  /** Takes one event; true when enough writes are pending that the caller should `flush`. */
+  /** Takes one event; true when enough is folded that the caller should `flush`. */
   add(event: Record<string, unknown>): boolean {
     this.accepted++
     const now = this.now
+    let pending = 0
     for (let i = 0; i < this.rules.length; i++) {
-      const r = this.rules[i] as { view: string; rule: CompiledRule }
-      const out = r.rule(event, now)
-      if ('key' in out) {
-        this.pending.push({ view: r.view, key: out.key, op: out.op })
-        this.pendingRule.push(i)
-      } else if ('reject' in out) {
-        this.reject(i)
+      const r = this.rules[i] as RuleGroups
+      r.add(event, now)
+      pending += r.pending
+    }
+    return pending >= SLICE_EVENTS
+  }
+
+  /** Reads the node's clock again (the drift bound moves with it while a long body arrives). */
+  tick(): void {
+    this.now = this.node.now()
+  }
+
+  /** Applies what is folded (waiting while the node is overloaded). */
+  async flush(): Promise<void> {
+    const writes: Write[] = []
+    const owners: Owner[] = []
+    for (const r of this.rules) r.drain(this.ctx, writes, owners)
+    this.tick()
+    await this.apply(writes, owners)
+  }
+
+  private async apply(writes: Write[], owners: Owner[]): Promise<void> {
+    const replay: Write[] = []
+    const replayOwners: Owner[] = []
+    const answered = new Set<NonNullable<Owner['group']>>()
+    for (let i = 0; i < writes.length; i += CHUNK_WRITES) {
+      const refused = await this.applyChunk(i === 0 && writes.length <= CHUNK_WRITES ? writes : writes.slice(i, i + CHUNK_WRITES))
+      for (const k of refused) {
+        const o = owners[i + k] as Owner
+        o.rule.refused(o.group, replay, replayOwners, answered)
       }
     }
-    return this.pending.length >= CHUNK_WRITES
+    this.writes += writes.length
+    // Replayed writes are single events: their refusals are counted, never replayed again.
+    if (replay.length > 0) await this.apply(replay, replayOwners)
   }
 
-  private reject(rule: number): void {
-    this.rejectedBy[rule] = (this.rejectedBy[rule] as number) + 1
-  }
-
-  /** Applies what is pending (waiting while the node is overloaded). */
-  async flush(): Promise<void> {
-    const writes = this.pending
-    const ruleOf = this.pendingRule
-    this.pending = []
-    this.pendingRule = []
-    this.now = this.node.now()
-    for (let i = 0; i < writes.length; i += CHUNK_WRITES) {
-      await this.applyChunk(writes.slice(i, i + CHUNK_WRITES), ruleOf.slice(i, i + CHUNK_WRITES))
-    }
-  }
-
-  private async applyChunk(writes: Write[], ruleOf: number[]): Promise<void> {
+  /** Applies writes; returns the indexes the store refused. */
+  private async applyChunk(writes: Write[]): Promise<number[]> {
     let backoff = 5
     let since: number | null = null
+    let refused: number[]
     for (;;) {
       try {
         const r = this.node.applyMany(writes)
-        // A write the store refuses (a value nested too deep for lwwmap, a counter leaving the
-        // safe range) is an event that rule could not use, like any other.
-        for (const { index } of r.refused) this.reject(ruleOf[index] as number)
+        refused = r.refused.map((x) => x.index)
         this.inFlight.push(r.durable)
         break
       } catch (err) {
@@ -148,6 +172,7 @@ export class IngestBatch {
       }
     }
     while (this.inFlight.length > MAX_IN_FLIGHT) await this.inFlight.shift()
+    return refused
   }
 
   async finish(): Promise<IngestResult> {
@@ -156,16 +181,23 @@ export class IngestBatch {
     this.inFlight = []
     await Promise.all(all)
     const rejected: Record<string, number> = {}
-    for (let i = 0; i < this.rules.length; i++) rejected[(this.rules[i] as { view: string }).view] = this.rejectedBy[i] as number
+    for (const r of this.rules) rejected[r.view] = r.rejected
     return { accepted: this.accepted, rejected }
+  }
+
+  /** Per view: events its rule applied (taken, minus those whose write the store refused). */
+  applied(): Array<[string, number]> {
+    return this.rules.map((r) => [r.view, r.taken - r.refusedByStore])
   }
 }
 
-function record(node: SpeedNode, result: IngestResult): void {
+function record(node: SpeedNode, batch: IngestBatch, result: IngestResult): void {
   const s = ingestStats(node)
   s.batches++
   s.events += result.accepted
+  s.writes += batch.writes
   for (const [view, n] of Object.entries(result.rejected)) s.rejected.set(view, (s.rejected.get(view) ?? 0) + n)
+  for (const [view, n] of batch.applied()) s.applied.set(view, (s.applied.get(view) ?? 0) + n)
 }
 
 /**
@@ -174,29 +206,43 @@ function record(node: SpeedNode, result: IngestResult): void {
  * what is left of the body.
  */
 export async function ingestNdjson(node: SpeedNode, body: Readable, opts: IngestOptions): Promise<IngestResult> {
+  const stats = ingestStats(node)
+  let batch: IngestBatch | null = new IngestBatch(node)
   let spooled
   try {
-    spooled = await spoolNdjson(body, { maxLineBytes: opts.maxLineBytes, memoryBytes: opts.memoryBytes ?? DEFAULT_MEMORY_BYTES, tmpDir: opts.tmpDir })
+    spooled = await spoolNdjson(body, {
+      maxLineBytes: opts.maxLineBytes,
+      memoryBytes: opts.memoryBytes ?? DEFAULT_MEMORY_BYTES,
+      tmpDir: opts.tmpDir,
+      onEvent: (event) => void batch?.add(event),
+      onSpill: () => {
+        batch = null
+      },
+      onChunk: (bytes) => {
+        stats.bytes += bytes
+        batch?.tick()
+      },
+    })
   } catch (err) {
-    ingestStats(node).badBatches++
+    stats.badBatches++
     throw err
   }
   try {
-    if (spooled.onDisk) ingestStats(node).spooled++
-    const batch = new IngestBatch(node)
-    if (spooled.parsed) {
-      for (const event of spooled.parsed) if (batch.add(event)) await batch.flush()
-      const result = await batch.finish()
-      record(node, result)
+    if (!spooled.onDisk && batch !== null) {
+      const b: IngestBatch = batch
+      const result = await b.finish()
+      record(node, b, result)
       return result
     }
+    stats.spooled++
+    const slices = new IngestBatch(node)
     let full = false
     // Every line passed pass 1, so no line can throw here.
     const splitter = new LineSplitter(
       opts.maxLineBytes,
       (line, n) => {
         const event = parseLine(line, n)
-        if (event !== null && batch.add(event)) full = true
+        if (event !== null && slices.add(event)) full = true
       },
       false,
     )
@@ -204,12 +250,12 @@ export async function ingestNdjson(node: SpeedNode, body: Readable, opts: Ingest
       splitter.push(chunk)
       if (full) {
         full = false
-        await batch.flush()
+        await slices.flush()
       }
     }
     splitter.end()
-    const result = await batch.finish()
-    record(node, result)
+    const result = await slices.finish()
+    record(node, slices, result)
     return result
   } finally {
     await spooled.dispose()
@@ -231,6 +277,6 @@ export async function ingestEvents(node: SpeedNode, events: readonly unknown[]):
     if (batch.add(e as Record<string, unknown>)) await batch.flush()
   }
   const result = await batch.finish()
-  record(node, result)
+  record(node, batch, result)
   return result
 }

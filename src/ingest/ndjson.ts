@@ -157,12 +157,22 @@ export interface SpoolOptions {
   memoryBytes: number
   /** Where temp files go (os.tmpdir() by default). */
   tmpDir?: string
+  /**
+   * Takes each event as it is parsed while the body is within `memoryBytes` (instead of keeping
+   * it in `parsed`), so the caller can fold events as they arrive. Once the body outgrows the
+   * bound, `onSpill` is called and events are no longer handed on: the caller starts over from
+   * the temp file in pass 2.
+   */
+  onEvent?: (event: Record<string, unknown>) => void
+  onSpill?: () => void
+  /** Called with the size of each chunk read, before its lines are handled. */
+  onChunk?: (bytes: number) => void
 }
 
 /**
  * A body whose every line passed. A body kept in memory comes back parsed (`parsed`: its events
- * in order, so pass 2 does not parse them again); one in a temp file comes back as raw bytes
- * (`chunks()`). Either way, `dispose()` of it afterwards.
+ * in order, so pass 2 does not parse them again; null when `onEvent` took them); one in a temp
+ * file comes back as raw bytes (`chunks()`). Either way, `dispose()` of it afterwards.
  */
 export interface Spooled {
   bytes: number
@@ -186,7 +196,8 @@ export const DEFAULT_MEMORY_BYTES = 8 * 1024 * 1024
 export function spoolNdjson(body: Readable, opts: SpoolOptions): Promise<Spooled> {
   return new Promise((resolve, reject) => {
     let chunks: Buffer[] = []
-    let parsed: Record<string, unknown>[] | null = []
+    let onEvent = opts.onEvent ?? null
+    let parsed: Record<string, unknown>[] | null = onEvent === null ? [] : null
     let bytes = 0
     let events = 0
     let file: { path: string; stream: WriteStream } | null = null
@@ -195,7 +206,8 @@ export function spoolNdjson(body: Readable, opts: SpoolOptions): Promise<Spooled
       const event = parseLine(line, n)
       if (event === null) return
       events++
-      parsed?.push(event)
+      if (onEvent !== null) onEvent(event)
+      else parsed?.push(event)
     })
 
     const removeFile = async () => {
@@ -225,6 +237,12 @@ export function spoolNdjson(body: Readable, opts: SpoolOptions): Promise<Spooled
 
     function onData(chunk: Buffer) {
       if (settled) return
+      opts.onChunk?.(chunk.length)
+      if (onEvent !== null && bytes + chunk.length > opts.memoryBytes) {
+        // From here on the body is read back from the file and parsed again in pass 2.
+        onEvent = null
+        opts.onSpill?.()
+      }
       try {
         splitter.push(chunk)
       } catch (err) {

@@ -180,7 +180,10 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
         if (method !== 'POST') throw methodNotAllowed('POST')
         authorize(ctx, true)
         try {
-          return send(res, 200, await ingestNdjson(node, req, { maxLineBytes: opts.maxBody }))
+          const t0 = performance.now()
+          const result = await ingestNdjson(node, req, { maxLineBytes: opts.maxBody })
+          metrics.ingestBatch((performance.now() - t0) / 1000)
+          return send(res, 200, result)
         } catch (err) {
           if (err instanceof NdjsonError) throw new HttpError(err.status, err.code, err.message, err.status === 503 ? { 'retry-after': '5' } : {})
           throw err

@@ -1,11 +1,14 @@
 /** /metrics in Prometheus text format (prom-client, one registry per node). */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client'
 import type { SpeedNode } from '../node.js'
+import { ingestStats } from '../ingest/ingest.js'
 
 export interface ServerMetrics {
   registry: Registry
   request(route: string, method: string, status: number, seconds: number): void
   writeAck(seconds: number): void
+  /** A POST /ingest answered 200: from its start to the answer (every write durable). */
+  ingestBatch(seconds: number): void
 }
 
 export function createMetrics(node: SpeedNode): ServerMetrics {
@@ -102,6 +105,32 @@ export function createMetrics(node: SpeedNode): ServerMetrics {
   perPeer('speedlayer_peer_lag_ms', 'How long the peer has lacked something this node holds', (p) => p.lagMs)
   perPeer('speedlayer_peer_bytes_in_total', 'Bytes received from this peer', (p) => p.bytesIn)
   perPeer('speedlayer_peer_bytes_out_total', 'Bytes sent to this peer', (p) => p.bytesOut)
+  const ingestLatency = new Histogram({
+    name: 'speedlayer_ingest_batch_seconds',
+    help: 'Time from the start of a POST /ingest to its answer, every write of the batch durable',
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+    registers: [registry],
+  })
+  const ingest = () => ingestStats(node)
+  gauge('speedlayer_ingest_batches_total', 'POST /ingest requests answered 200', () => ingest().batches)
+  gauge('speedlayer_ingest_bad_batches_total', 'POST /ingest requests refused whole (a bad or too long line, a body cut short): nothing applied', () => ingest().badBatches)
+  gauge('speedlayer_ingest_events_total', 'Events accepted by POST /ingest (lines that are JSON objects)', () => ingest().events)
+  gauge('speedlayer_ingest_bytes_total', 'Body bytes read by POST /ingest, refused bodies included', () => ingest().bytes)
+  gauge('speedlayer_ingest_writes_total', 'Writes ingest applied after folding the events of a batch per view and key', () => ingest().writes)
+  gauge('speedlayer_ingest_spooled_total', 'Ingest bodies larger than the memory bound, kept in a temp file between the passes', () => ingest().spooled)
+  const perView = (name: string, help: string, read: () => Map<string, number>) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['view'],
+      registers: [registry],
+      collect() {
+        this.reset()
+        for (const [view, n] of read()) this.set({ view }, n)
+      },
+    })
+  perView('speedlayer_ingest_view_applied_total', "Events a view's ingest rule turned into an applied write", () => ingest().applied)
+  perView('speedlayer_ingest_view_rejected_total', "Events a view's ingest rule could not use (or whose write the store refused)", () => ingest().rejected)
   return {
     registry,
     request(route, method, status, seconds) {
@@ -110,6 +139,9 @@ export function createMetrics(node: SpeedNode): ServerMetrics {
     },
     writeAck(seconds) {
       ack.observe(seconds)
+    },
+    ingestBatch(seconds) {
+      ingestLatency.observe(seconds)
     },
   }
 }

@@ -233,6 +233,38 @@ describe('POST /ingest', () => {
     expect(after.values.profiles).toEqual([...before.values.profiles!, { key: 'u5', value: { country: 'DE', url: '/p0' } }])
   })
 
+  it('/metrics: ingest requests, events, bytes, writes, per-view applied and rejected events, batch latency', async () => {
+    const t = await demoNode()
+    const metric = (text: string, name: string, labels = '') => {
+      const line = text.split('\n').find((l) => l.startsWith(`${name}{`) && l.includes(labels))
+      if (line === undefined) throw new Error(`no ${name}{${labels}} in /metrics`)
+      return Number(line.slice(line.lastIndexOf(' ') + 1))
+    }
+    const scrape = async () => (await fetch(`${t.url}/metrics`)).text()
+    const good = ndjson([pv(0), pv(1), pv(2), { ...pv(3), kind: 'click' }, pv(4, { ts: 'bad' }), pv(5, { user: 7 })])
+    expect(await ok(t, good)).toEqual({ accepted: 6, rejected: { pageviews: 1, visitors: 1, online: 0, profiles: 1 } })
+    const bad = `${JSON.stringify(pv(6))}\n[]\n`
+    expect((await ingest(t, bad)).status).toBe(400)
+    const m = await scrape()
+    expect(metric(m, 'speedlayer_ingest_batches_total')).toBe(1)
+    expect(metric(m, 'speedlayer_ingest_bad_batches_total')).toBe(1)
+    expect(metric(m, 'speedlayer_ingest_events_total')).toBe(6)
+    expect(metric(m, 'speedlayer_ingest_bytes_total')).toBe(Buffer.byteLength(good) + Buffer.byteLength(bad))
+    // pv(0..2) and pv(5) (user 7 is a fine element and key) hit 4 urls, 4 users, 2 sites.
+    expect(metric(m, 'speedlayer_ingest_view_applied_total', 'view="pageviews"')).toBe(4)
+    expect(metric(m, 'speedlayer_ingest_view_applied_total', 'view="profiles"')).toBe(5)
+    expect(metric(m, 'speedlayer_ingest_view_applied_total', 'view="online"')).toBe(5)
+    expect(metric(m, 'speedlayer_ingest_view_rejected_total', 'view="visitors"')).toBe(1)
+    expect(metric(m, 'speedlayer_ingest_view_rejected_total', 'view="online"')).toBe(0)
+    expect(metric(m, 'speedlayer_ingest_writes_total')).toBeGreaterThan(0)
+    expect(metric(m, 'speedlayer_ingest_batch_seconds_count')).toBe(1)
+    expect(metric(m, 'speedlayer_ingest_batch_seconds_bucket', 'le="+Inf"')).toBe(1)
+    // Folding: 50 events on one url, user and site are one write per view.
+    const before = metric(m, 'speedlayer_ingest_writes_total')
+    await ok(t, ndjson(Array.from({ length: 50 }, () => pv(0))))
+    expect(metric(await scrape(), 'speedlayer_ingest_writes_total') - before).toBe(4)
+  })
+
   it('routes: POST only, the token guards it like any write', async () => {
     const t = await demoNode({ token: 'sekret' })
     const get = await fetch(`${t.url}/ingest`)

@@ -317,8 +317,9 @@ describe('batch and realtime merged on every peer', () => {
     late.push({ kind: 'pageview', url: hot, user: 'late-after', site: 'shop.example', country: 'DE', device: 'mobile', ts: END - 1 })
     await ingest(A, late)
     await waitUntil('the late events to reach every node', () => converged(peers))
-    // Dropped where they were ingested (50 events x 2 bucketed views): nothing of them was logged or shipped.
-    expect(A.node.batch.stats().droppedCovered).toBe(100)
+    // Dropped where they were ingested: nothing of them was logged or shipped. Ingest folds the 50
+    // events of one key into one op per view, so that is one dropped op for each bucketed view.
+    expect(A.node.batch.stats().droppedCovered).toBe(2)
     const lastKey = hourKey(hot, END - 1)
     for (const p of peers) {
       expect(await get(p, `/query/pageviews/${enc(lateKey)}`)).toMatchObject({ value: early.pageviews.get(lateKey), exact: true })
