@@ -11,6 +11,7 @@ const SUITES: Record<string, () => Promise<Suite>> = {
   storage: async () => (await import('./storage.js')).suite,
   replication: async () => (await import('./replication.js')).suite,
   ingest: async () => (await import('./ingest.js')).suite,
+  dashboard: async () => (await import('./dashboard.js')).suite,
 }
 
 const USAGE = `usage: node dist/bench/main.js [NAME...] [--json] [--quick]   (NAME: ${Object.keys(SUITES).join(', ')})`
