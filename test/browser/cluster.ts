@@ -63,6 +63,12 @@ export interface ClusterOptions {
   rate?: number
   /** Import batch views as buckets close (default true). */
   batch?: boolean
+  /**
+   * Minutes of past traffic in the master dataset (default 0): the batch layer imports it at
+   * once, so the charts (and the README's screenshot) have a past, exact, as if the cluster had
+   * been running for a while.
+   */
+  history?: number
   log?: (line: string) => void
 }
 
@@ -110,6 +116,7 @@ function killed(child: ChildProcess | null): Promise<void> {
 // A Zipf-like choice: item i with weight 1/(i+1), as real traffic concentrates on few pages.
 const URLS = ['/', '/pricing', '/docs', '/blog/crdts', '/signup', '/docs/api', '/blog/lambda', '/about', '/docs/storage', '/careers', '/changelog', '/contact']
 const SITES = ['shop.example', 'docs.example', 'blog.example']
+const POOLS = [900, 500, 250]
 const COUNTRIES = ['DE', 'FR', 'US', 'JP', 'BR', 'IN']
 const DEVICES = ['mobile', 'desktop', 'tablet']
 const zipfTotal = URLS.reduce((t, _, i) => t + 1 / (i + 1), 0)
@@ -120,6 +127,40 @@ function zipfUrl(r: number): string {
     if (x <= 0) return URLS[i] as string
   }
   return URLS[URLS.length - 1] as string
+}
+
+/** A pageview: Zipf URLs, sites of unequal size, returning users (a small pool, a long tail). */
+function makeEvent(ts: number): Event {
+  const r = Math.random
+  const s = r()
+  const site = s < 0.5 ? 0 : s < 0.8 ? 1 : 2
+  return {
+    kind: 'pageview',
+    url: zipfUrl(r()),
+    site: SITES[site] as string,
+    // Each site has its own pool of returning users.
+    user: `u${Math.floor(r() ** 2 * (POOLS[site] as number))}`,
+    country: COUNTRIES[Math.floor(r() * COUNTRIES.length)] as string,
+    device: DEVICES[Math.floor(r() * DEVICES.length)] as string,
+    ts,
+  }
+}
+
+/**
+ * Past traffic, up to the current bucket, with a swell: it goes to the master dataset only, so the
+ * batch layer's first import brings it in as exact buckets, as a cluster that had been running
+ * for a while would have it. (Ingesting it would cost minutes on a busy machine.)
+ */
+function backfill(master: MasterCounts, rate: number, minutes: number): number {
+  const end = Math.floor(Date.now() / BUCKET_MS) * BUCKET_MS
+  let n = 0
+  for (let start = end - minutes * BUCKET_MS; start < end; start += BUCKET_MS) {
+    const m = (start / BUCKET_MS) % 1000
+    const perMinute = Math.round(rate * 60 * (0.55 + 0.3 * Math.sin(m / 2.2) + 0.15 * Math.random()))
+    for (let i = 0; i < perMinute; i++) master.add(makeEvent(start + Math.floor(Math.random() * BUCKET_MS)))
+    n += perMinute
+  }
+  return n
 }
 
 interface Event {
@@ -212,19 +253,15 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     inflight.add(p)
   }
 
+  if (opts.history) log(`${backfill(master, rate, opts.history)} past events in the master dataset`)
+
   // 10 rounds a second; each node gets its share of the round as one NDJSON body.
   const gen = setInterval(() => {
     const targets = up()
     if (rate <= 0 || targets.length === 0 || inflight.size > 50) return
     const count = Math.max(1, Math.round(rate / 10))
     const per: Event[][] = targets.map(() => [])
-    for (let k = 0; k < count; k++) {
-      const r = Math.random
-      // Returning users: a small pool with a long tail, so visitors < pageviews.
-      const user = `u${Math.floor(r() ** 2 * 800)}`
-      const e: Event = { kind: 'pageview', url: zipfUrl(r()), site: SITES[Math.floor(r() * SITES.length)] as string, user, country: COUNTRIES[Math.floor(r() * COUNTRIES.length)] as string, device: DEVICES[Math.floor(r() * DEVICES.length)] as string, ts: Date.now() }
-      ;(per[seq++ % targets.length] as Event[]).push(e)
-    }
+    for (let k = 0; k < count; k++) (per[seq++ % targets.length] as Event[]).push(makeEvent(Date.now()))
     targets.forEach((t, i) => {
       const events = per[i] as Event[]
       if (events.length) post(t, events)
@@ -249,7 +286,9 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
         try {
           for (const view of ['pageviews', 'visitors'] as const) {
             const res = await fetch(`${target.url}/batch/${view}?horizon=${h}`, { method: 'PUT', body: master.ndjson(view, h) })
-            if (!res.ok) throw new Error(`PUT /batch/${view}: ${res.status} ${await res.text()}`)
+            // 409: a batch view with this horizon already won there (replicated from a peer).
+            if (!res.ok && res.status !== 409) throw new Error(`PUT /batch/${view}: ${res.status} ${await res.text()}`)
+            await res.arrayBuffer()
           }
           horizon = h
           log(`batch views imported up to ${new Date(h).toISOString()} on ${target.id}`)

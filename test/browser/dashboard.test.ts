@@ -73,7 +73,7 @@ async function until<T>(what: string, check: () => Promise<T | undefined>, ms = 
 
 describe('the dashboard in Chromium', () => {
   it('shows three nodes live, diverging when one is cut off with its button, converging when healed, and a bucket turning exact', async () => {
-    const cluster = SOURCE === 'demo' ? await startDemo() : await startCluster({ nodes: 3, rate: 150 })
+    const cluster = SOURCE === 'demo' ? await startDemo() : await startCluster({ nodes: 3, rate: 100, history: 10 })
     clusters.push(cluster)
     const { page, errors } = await browser.page()
     const ctx = () => `${cluster.describe()}\npage errors: ${errors.join('\n')}`
@@ -159,6 +159,8 @@ describe('the dashboard in Chromium', () => {
     expect(await page.locator('.bucket[data-exact="false"]').count()).toBeGreaterThan(0)
 
     await rising()
+    // No hover state in the picture.
+    await page.mouse.move(1, 1)
     const shot = process.env.UPDATE_SCREENSHOT === '1' || !existsSync(SCREENSHOT) ? SCREENSHOT : path.join(os.tmpdir(), `speedlayer-dashboard-${process.pid}.png`)
     await page.screenshot({ path: shot, fullPage: true })
     expect(errors, ctx()).toEqual([])

@@ -89,7 +89,7 @@ export class Chart {
         ...(spec.dash ? { dash: spec.dash } : {}),
         ...(paths ? { paths } : {}),
         points: { show: true, size: 5, fill: spec.color },
-        value: (_u, v) => (v == null ? '–' : fmt ? fmt(v) : String(Math.round(v))),
+        value: (_u, v) => (v == null ? '' : fmt ? fmt(v) : String(Math.round(v))),
         spanGaps: false,
       })
       if (spec.band) {

@@ -161,7 +161,7 @@ export class ClusterPanel {
       c.el.querySelector('.node-name')!.textContent = n.replica ?? new URL(n.base).host
       const lagMs = Math.max(0, ...(n.stats?.peers.map((p) => (p.connected ? p.lagMs : 0)) ?? [0]))
       setText(c.state, n.up ? (lagMs > 1000 ? `behind ${fmtMs(lagMs)}` : 'up') : n.connState === 'down' ? 'down' : 'connecting')
-      c.state.className = `state ${n.up ? 'up' : n.connState}`
+      c.state.className = `state ${n.up ? (lagMs > 1000 ? 'lag' : 'up') : n.connState}`
       this.figure(c.pvCur, c.pvCurDelta, f.cur, maxCur, cur, 0.02)
       this.figure(c.pvLast, c.pvLastDelta, f.last, maxLast, last, 0)
       const online = n.up ? n.onlineTotal() : null

@@ -2,6 +2,7 @@
  * Views and their types, and a key browser: prefix search with pagination over
  * GET /views/:view?prefix&after&limit of the page's own node (on demand, never polled).
  */
+import { apiUrl } from './api'
 import { h, replaceChildren } from './dom'
 import { fmtClock, fmtInt } from './format'
 import type { NodeModel } from './model'
@@ -95,7 +96,7 @@ export class KeysPanel {
     if (after !== undefined) q.set('after', after)
     this.status.textContent = 'loading…'
     try {
-      const res = await fetch(new URL(`/views/${encodeURIComponent(view)}?${q}`, this.node.base))
+      const res = await fetch(apiUrl(this.node.base, `/views/${encodeURIComponent(view)}?${q}`))
       const body = (await res.json()) as { items?: Array<{ key: string; value: unknown }>; next?: string | null; error?: { message: string } }
       if (!res.ok || !body.items) throw new Error(body.error?.message ?? `HTTP ${res.status}`)
       this.nextAfter = body.next ?? null

@@ -4,6 +4,7 @@
  * restarts is picked up without a reload. Its state is what the page shows about the node's
  * reachability ("down" means the last attempt failed).
  */
+import { apiUrl } from './api'
 import type { Hello, ServerFrame, SubRequest, Update, ViewInfo } from './protocol'
 
 export type ConnState = 'connecting' | 'open' | 'down'
@@ -72,7 +73,7 @@ export class LiveConnection {
   }
 
   private open(): void {
-    const url = new URL('/live', this.base)
+    const url = apiUrl(this.base, '/live')
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
     let ws: WebSocket
     try {

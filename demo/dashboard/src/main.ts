@@ -4,6 +4,7 @@
  * over a smaller one, so each node's own values can be shown side by side.
  */
 import './style.css'
+import { apiUrl } from './api'
 import { ClusterPanel, type ClusterHost } from './cluster'
 import { h, setText } from './dom'
 import { fmtClock, fmtInt } from './format'
@@ -138,7 +139,7 @@ class App implements ClusterHost {
 
   async post(node: NodeModel, path: string): Promise<boolean> {
     try {
-      const res = await fetch(new URL(path, node.base), { method: 'POST' })
+      const res = await fetch(apiUrl(node.base, path), { method: 'POST' })
       if (res.ok) return true
       const body = (await res.json().catch(() => null)) as { error?: { message?: string } } | null
       this.say(`${node.replica ?? node.base}: ${body?.error?.message ?? `HTTP ${res.status}`}`)

@@ -39,7 +39,7 @@ export class SystemPanels {
         fig('on disk', fmtBytes(st.storage.diskBytes), 'disk-bytes'),
         fig('live data', fmtBytes(st.storage.liveBytes)),
         fig('compactions', fmtInt(st.storage.compactions), 'compactions'),
-        fig('log kept', fmtBytes(st.storage.retainedLogBytes)),
+        fig('last compaction', st.storage.compactions > 0 ? fmtMs(st.storage.lastCompactionMs) : '–'),
       ])
     }
     const t = hist.map((s) => s.t)
