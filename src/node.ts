@@ -15,6 +15,7 @@ import { openLevelAdapter } from './storage/levelAdapter.js'
 import { memoryAdapter } from './storage/memoryAdapter.js'
 import { Replicator, type PeerInfo, type ReplicationStats, type ReplicatorOptions } from './replication/replicator.js'
 import { Dialer, PeerServer } from './replication/wsTransport.js'
+import { replicateBatchViews, type BatchReplicationStats } from './query/batchReplication.js'
 import { BatchViews, type BatchEntries, type BatchStats, type ImportResult } from './query/batchViews.js'
 import { queryKey, queryRange, type PointAnswer, type RangeAnswer, type RangeQuery } from './query/answer.js'
 import type { Stamp } from '../crdts/hlc.js'
@@ -159,7 +160,7 @@ export interface NodeBatch {
   get(view: string): BatchSummary | null
   /** Called with the view's name whenever its batch view changes here (local import or merge). */
   onChange(listener: (view: string) => void): () => void
-  stats(): BatchStats & { droppedCovered: number }
+  stats(): BatchStats & { droppedCovered: number; replication: BatchReplicationStats }
 }
 
 export interface BatchSummary {
@@ -235,6 +236,7 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
       },
     },
   )
+  const batchReplication = replicateBatchViews(batch, store, replicator, log)
   const transportOptions = { maxPayload: options.maxPeerPayload ?? 16 * 1024 * 1024, maxBackoffMs: options.maxBackoffMs ?? 2000, minBackoffMs: 50, log }
   const peerServer = new PeerServer(replicator, transportOptions)
   const dialer = new Dialer(replicator, options.peers ?? [], transportOptions)
@@ -348,7 +350,7 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
         return { view, type: bv.type, horizon: bv.horizon, keys: bv.keys.length, stamp: { ts: bv.stamp.ts, c: bv.stamp.c, replica: bv.stamp.r }, applies }
       },
       onChange: (listener) => batch.onChange(listener),
-      stats: () => ({ ...batch.stats, droppedCovered: store.droppedCovered }),
+      stats: () => ({ ...batch.stats, droppedCovered: store.droppedCovered, replication: { ...batchReplication.stats } }),
     },
     query: (view, key) => queryKey(store, batch, view, key),
     queryRange: (view, q) => queryRange(store, batch, view, q),

@@ -243,16 +243,19 @@ describe('batch and realtime merged on every peer', () => {
     const visLines = [...early.visitors].map(([key, users]) => JSON.stringify({ key, value: [...users] })).join('\n')
     const coveredKeys = [...all.pageviews.keys()].filter((k) => hourOf(k) + HOUR_MS <= HORIZON)
     expect(coveredKeys.length).toBe(early.pageviews.size)
-    // TODO(lead): batch views do not replicate yet, so the batch view is imported on every node;
-    // once replication carries them (node.batch.encode/merge/onChange), import it on A only and
-    // wait for it to reach B and C.
+    // Imported on A only: the batch views reach B and C over the peer protocol (the batch channel).
+    const r1 = await A.http.request('PUT', `/batch/pageviews?horizon=${new Date(HORIZON).toISOString()}`, pvLines)
+    expect(r1.status, JSON.stringify(r1.json)).toBe(200)
+    expect(r1.json).toEqual({ view: 'pageviews', horizon: HORIZON, keys: early.pageviews.size, expired: coveredKeys.length })
+    const r2 = await A.http.request('PUT', `/batch/visitors?horizon=${HORIZON}`, visLines)
+    expect(r2.status, JSON.stringify(r2.json)).toBe(200)
+    expect(r2.json).toMatchObject({ keys: early.visitors.size, expired: early.visitors.size })
+    await waitUntil('the batch views to reach every node', () =>
+      peers.every((p) => p.node.batch.get('pageviews')?.horizon === HORIZON && p.node.batch.get('visitors')?.horizon === HORIZON),
+    )
     for (const p of peers) {
-      const r1 = await p.http.request('PUT', `/batch/pageviews?horizon=${new Date(HORIZON).toISOString()}`, pvLines)
-      expect(r1.status, JSON.stringify(r1.json)).toBe(200)
-      expect(r1.json).toEqual({ view: 'pageviews', horizon: HORIZON, keys: early.pageviews.size, expired: coveredKeys.length })
-      const r2 = await p.http.request('PUT', `/batch/visitors?horizon=${HORIZON}`, visLines)
-      expect(r2.status, JSON.stringify(r2.json)).toBe(200)
-      expect(r2.json).toMatchObject({ keys: early.visitors.size, expired: early.visitors.size })
+      expect(p.node.batch.encode('pageviews'), `${p.id} pageviews batch view`).toEqual(A.node.batch.encode('pageviews'))
+      expect(p.node.batch.encode('visitors'), `${p.id} visitors batch view`).toEqual(A.node.batch.encode('visitors'))
     }
 
     // Covered buckets left the realtime views everywhere; later buckets stayed.
