@@ -253,7 +253,22 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     inflight.add(p)
   }
 
-  if (opts.history) log(`${backfill(master, rate, opts.history)} past events in the master dataset`)
+  if (opts.history) {
+    log(`${backfill(master, rate, opts.history)} past events in the master dataset`)
+    // The current bucket's past seconds go through the nodes: that bucket is realtime.
+    const now = Date.now()
+    const start = Math.floor(now / BUCKET_MS) * BUCKET_MS
+    const events = Array.from({ length: Math.round((rate * (now - start)) / 1000) }, () => makeEvent(start + Math.floor(Math.random() * (now - start))))
+    for (let i = 0, k = 0; i < events.length; i += 2000, k++) {
+      const chunk = events.slice(i, i + 2000)
+      const node = nodes[k % nodes.length] as ClusterNode
+      const res = await fetch(`${node.url}/ingest`, { method: 'POST', body: chunk.map((e) => JSON.stringify(e)).join('\n') + '\n' })
+      if (!res.ok) throw new Error(`ingest on ${node.id}: ${res.status} ${await res.text()}`)
+      await res.arrayBuffer()
+      accepted += chunk.length
+      for (const e of chunk) master.add(e)
+    }
+  }
 
   // 10 rounds a second; each node gets its share of the round as one NDJSON body.
   const gen = setInterval(() => {

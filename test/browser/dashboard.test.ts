@@ -159,6 +159,8 @@ describe('the dashboard in Chromium', () => {
     expect(await page.locator('.bucket[data-exact="false"]').count()).toBeGreaterThan(0)
 
     await rising()
+    // For the picture, not the verdict: give the catch-up after the partition a moment to finish.
+    await until('replication caught up', async () => ((await page.locator('.node-card .state.up').count()) === 3 ? true : undefined), 30_000).catch(() => {})
     // No hover state in the picture.
     await page.mouse.move(1, 1)
     const shot = process.env.UPDATE_SCREENSHOT === '1' || !existsSync(SCREENSHOT) ? SCREENSHOT : path.join(os.tmpdir(), `speedlayer-dashboard-${process.pid}.png`)

@@ -163,8 +163,8 @@ export class Chart {
     const px = devicePixelRatio || 1
     ctx.font = `${11 * px}px system-ui, sans-serif`
     ctx.fillStyle = 'rgba(21, 128, 61, 0.9)'
-    ctx.textAlign = 'right'
-    if (right - left > 60 * px) ctx.fillText('exact (batch)', right - 6 * px, u.bbox.top + 14 * px)
+    ctx.textAlign = 'left'
+    if (right - left > 90 * px) ctx.fillText('exact (batch)', left + 6 * px, u.bbox.top + 14 * px)
     ctx.textAlign = 'left'
     ctx.fillStyle = 'rgba(71, 85, 105, 0.9)'
     if (u.bbox.left + u.bbox.width - right > 60 * px) ctx.fillText('realtime', right + 6 * px, u.bbox.top + 14 * px)

@@ -16,6 +16,9 @@ export interface ClusterHost {
   nodeByReplica(replica: string): NodeModel | undefined
 }
 
+/** A node whose peers have lacked something of it for longer than this is shown "behind". */
+const BEHIND_MS = 5000
+
 export type LinkState = 'up' | 'cut' | 'down'
 
 export interface Pair {
@@ -160,8 +163,8 @@ export class ClusterPanel {
       c.el.dataset.state = n.connState
       c.el.querySelector('.node-name')!.textContent = n.replica ?? new URL(n.base).host
       const lagMs = Math.max(0, ...(n.stats?.peers.map((p) => (p.connected ? p.lagMs : 0)) ?? [0]))
-      setText(c.state, n.up ? (lagMs > 1000 ? `behind ${fmtMs(lagMs)}` : 'up') : n.connState === 'down' ? 'down' : 'connecting')
-      c.state.className = `state ${n.up ? (lagMs > 1000 ? 'lag' : 'up') : n.connState}`
+      setText(c.state, n.up ? (lagMs > BEHIND_MS ? `behind ${fmtMs(lagMs)}` : 'up') : n.connState === 'down' ? 'down' : 'connecting')
+      c.state.className = `state ${n.up ? (lagMs > BEHIND_MS ? 'lag' : 'up') : n.connState}`
       this.figure(c.pvCur, c.pvCurDelta, f.cur, maxCur, cur, 0.02)
       this.figure(c.pvLast, c.pvLastDelta, f.last, maxLast, last, 0)
       const online = n.up ? n.onlineTotal() : null

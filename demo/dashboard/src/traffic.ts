@@ -189,7 +189,7 @@ export class TrafficPanels {
 
     // One chip per bucket (newest first): estimate while realtime, exact once the batch covers it.
     const chips: HTMLElement[] = []
-    for (const x of xs.slice().reverse().slice(0, 8)) {
+    for (const x of xs.slice().reverse().slice(0, 6)) {
       const parts = sites.map((s) => bySite.get(s)?.get(x)).filter((p): p is { v: number; e: number; exact: boolean } => p !== undefined)
       if (parts.length === 0) continue
       const exact = parts.every((p) => p.exact)
