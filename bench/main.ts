@@ -13,6 +13,7 @@ const SUITES: Record<string, () => Promise<Suite>> = {
   ingest: async () => (await import('./ingest.js')).suite,
   yjs: async () => (await import('./yjs.js')).suite,
   demo: async () => (await import('./demo.js')).suite,
+  dashboard: async () => (await import('./dashboard.js')).suite,
 }
 
 const USAGE = `usage: node dist/bench/main.js [NAME...] [--json] [--quick]   (NAME: ${Object.keys(SUITES).join(', ')})`

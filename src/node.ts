@@ -160,6 +160,8 @@ export interface NodeBatch {
   merge(view: string, bytes: Uint8Array): boolean
   /** Names of the views this node holds a batch view for, sorted. */
   views(): string[]
+  /** The keys of the batch view that applies to `view` now, ascending (empty when none). */
+  keys(view: string): readonly string[]
   /** A summary of the batch view held for `view` (GET /batch/:view), or null. */
   get(view: string): BatchSummary | null
   /** Called with the view's name whenever its batch view changes here (local import or merge). */
@@ -357,6 +359,7 @@ export async function openNode(options: NodeOptions): Promise<SpeedNode> {
       encode: (view) => batch.encode(view),
       merge: (view, bytes) => batch.merge(view, bytes),
       views: () => batch.views(),
+      keys: (view) => (store.hasView(view) ? (batch.current(store.view(view))?.keys ?? []) : []),
       get(view) {
         const bv = batch.get(view)
         if (bv === undefined) return null

@@ -11,7 +11,9 @@ import { StoreError } from '../store/viewStore.js'
 import { checkName } from '../store/definition.js'
 import { StorageError } from '../storage/adapter.js'
 import { createMetrics, type ServerMetrics } from './metrics.js'
-import { dashboardPage } from './dashboard.js'
+import { createDashboard } from './dashboard.js'
+import { LiveHub, type LiveOptions } from './live.js'
+import { corsOrigin } from './cors.js'
 import { ingestNdjson } from '../ingest/ingest.js'
 import { NdjsonError } from '../ingest/ndjson.js'
 import { QueryError } from '../query/batchViews.js'
@@ -28,12 +30,15 @@ export interface ServerOptions {
   token?: string
   tokenReads?: boolean
   log?: (line: string) => void
+  /** The live subscription at /live (docs/live.md): bounds and rates. */
+  live?: Partial<LiveOptions>
 }
 
 export interface SpeedServer {
   readonly url: string
   readonly http: http.Server
   readonly metrics: ServerMetrics
+  readonly live: LiveHub
   close(): Promise<void>
 }
 
@@ -142,6 +147,8 @@ interface Ctx {
 
 export function startServer(node: SpeedNode, opts: ServerOptions): Promise<SpeedServer> {
   const metrics = createMetrics(node)
+  const live = new LiveHub(node, metrics.registry, opts.live)
+  const dashboard = createDashboard(node)
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`))
 
   const authorize = (ctx: Ctx, write: boolean) => {
@@ -313,12 +320,17 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
         if (!ok) throw new HttpError(404, 'unknown_peer', `this node has never seen a peer named "${a}"; see GET /peers`)
         return send(res, 200, { replica: a, connected: b === 'connect' ? node.replication.replicator.isConnected(a) : false, blocked: b === 'disconnect' })
       }
+      case 'live': {
+        ctx.route = '/live'
+        if (segs.length !== 1) break
+        throw new HttpError(426, 'upgrade_required', 'GET /live is a WebSocket (ws://HOST:PORT/live); see docs/live.md', { upgrade: 'websocket' })
+      }
       default: {
         if (method === 'GET' && !isApiRoot(first)) {
           ctx.route = 'dashboard'
-          const page = dashboardPage(node)
-          res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(page) })
-          res.end(page)
+          const raw = req.url ?? '/'
+          const q = raw.indexOf('?')
+          dashboard.serve(req, res, q >= 0 ? raw.slice(0, q) : raw)
           return
         }
       }
@@ -347,6 +359,10 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
       if (closing) setImmediate(() => server.closeIdleConnections())
     }
     res.on('finish', done)
+    // The dashboard served by one node reads and steers its siblings (cut/heal buttons).
+    const allow = corsOrigin(req.headers.origin, req.headers.host, () => node.replication.peers())
+    if (allow !== null) res.setHeader('access-control-allow-origin', allow)
+    if (req.headers.origin !== undefined) res.setHeader('vary', 'origin')
     Promise.resolve()
       .then(() => {
         ctx.segs = pathSegments(q >= 0 ? rawUrl.slice(0, q) : rawUrl)
@@ -396,6 +412,19 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
       yjs.handleUpgrade(req, socket, head, r.name)
       return
     }
+    if (path === '/live') {
+      if (opts.token !== undefined && opts.tokenReads) {
+        const h = req.headers.authorization
+        const q = (req.url ?? '').indexOf('?')
+        const given = h?.startsWith('Bearer ') ? h.slice(7) : new URLSearchParams(q >= 0 ? (req.url ?? '').slice(q + 1) : '').get('token')
+        if (given !== opts.token) {
+          socket.end('HTTP/1.1 401 Unauthorized\r\nconnection: close\r\nwww-authenticate: Bearer\r\ncontent-length: 0\r\n\r\n')
+          return
+        }
+      }
+      live.handleUpgrade(req, socket, head)
+      return
+    }
     socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
   })
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
@@ -417,11 +446,13 @@ export function startServer(node: SpeedNode, opts: ServerOptions): Promise<Speed
         url: `http://${host}:${addr.port}`,
         http: server,
         metrics,
+        live,
         close: () =>
           new Promise<void>((res) => {
             closing = true
             server.close()
             yjs.close()
+            live.close()
             server.closeIdleConnections()
             drained = () => {
               if (inFlight === 0) res()
@@ -442,7 +473,7 @@ function timeParam(query: URLSearchParams, name: string): number | undefined {
   return t
 }
 
-const API_ROOTS = new Set(['health', 'metrics', 'views', 'ingest', 'query', 'batch', 'peers', 'yjs', 'peer'])
+const API_ROOTS = new Set(['health', 'metrics', 'views', 'ingest', 'query', 'batch', 'peers', 'yjs', 'peer', 'live'])
 
 function isApiRoot(first: string | undefined): boolean {
   return first !== undefined && API_ROOTS.has(first)
