@@ -117,7 +117,7 @@ describe('the dashboard in Chromium', () => {
       20_000,
       ctx,
     )
-    expect(await page.locator(`.node-card[data-node="${n3}"] [data-field="pv-current"] + .delta.behind`).count()).toBe(1)
+    await until('node 3 flagged behind', async () => ((await page.locator(`.node-card[data-node="${n3}"] [data-field="pv-current"] + .delta.behind`).count()) === 1 ? true : undefined), 20_000, ctx)
 
     // Held across a bucket boundary, the bucket of the cut is closed and the nodes disagree on it.
     await until(
@@ -156,7 +156,7 @@ describe('the dashboard in Chromium', () => {
       ctx,
     )
     // The current bucket is still an estimate: only buckets up to the horizon are exact.
-    expect(await page.locator('.bucket[data-exact="false"]').count()).toBeGreaterThan(0)
+    await until('an estimate bucket', async () => ((await page.locator('.bucket[data-exact="false"]').count()) > 0 ? true : undefined), 20_000, ctx)
 
     await rising()
     // For the picture, not the verdict: give the catch-up after the partition a moment to finish.

@@ -84,6 +84,8 @@ export class ClusterPanel {
   private readonly agree: HTMLElement
   private readonly cardByNode = new Map<NodeModel, Card>()
   private busy = false
+  private shownLinks = ''
+  private shownMap = ''
 
   constructor(private readonly host: ClusterHost) {
     this.map = svg('svg', { viewBox: '0 0 260 210', class: 'topology', role: 'img', 'aria-label': 'cluster map' })
@@ -223,6 +225,9 @@ export class ClusterPanel {
   }
 
   private renderLinks(links: Pair[]): void {
+    const sig = JSON.stringify([links, this.busy])
+    if (sig === this.shownLinks) return
+    this.shownLinks = sig
     const rows = links.map((p) => {
       const state = h('span', { class: `pill ${p.state}` }, p.state === 'up' ? 'linked' : p.state)
       const both = (f: (s: PeerStat) => string, x: PeerStat | undefined, y: PeerStat | undefined) => `${x ? f(x) : '–'} / ${y ? f(y) : '–'}`
@@ -245,6 +250,9 @@ export class ClusterPanel {
   }
 
   private renderMap(nodes: NodeModel[], links: Pair[]): void {
+    const sig = JSON.stringify([nodes.map((n) => [n.replica, n.up, n.own]), links.map((p) => [p.a, p.b, p.state])])
+    if (sig === this.shownMap) return
+    this.shownMap = sig
     const cx = 130
     const cy = 108
     const r = nodes.length <= 1 ? 0 : 72

@@ -22,6 +22,7 @@ export class KeysPanel {
   private pages: Array<string | undefined> = [undefined]
   private nextAfter: string | null = null
   private viewNames = ''
+  private shownViews = ''
 
   constructor(private readonly node: NodeModel) {
     this.viewsBody = h('tbody')
@@ -64,6 +65,9 @@ export class KeysPanel {
   render(): void {
     const st = this.node.stats
     if (!st) return
+    const sig = JSON.stringify(st.views)
+    if (sig === this.shownViews) return
+    this.shownViews = sig
     replaceChildren(
       this.viewsBody,
       st.views.map((v) =>

@@ -52,6 +52,7 @@ class App implements ClusterHost {
   private readonly keys: KeysPanel
   private readonly yjs: YjsPanel
   private pending = false
+  private lastRender = 0
   private wasDown = false
   private reconnectedAt = 0
 
@@ -155,13 +156,23 @@ class App implements ClusterHost {
     window.setTimeout(() => (this.toast.hidden = true), 5000)
   }
 
+  /**
+   * Renders on the next animation frame, at most 4 times a second: frames from three nodes
+   * arrive up to 12 times a second, and one render shows them all.
+   */
   private schedule(): void {
     if (this.pending) return
     this.pending = true
-    requestAnimationFrame(() => {
-      this.pending = false
-      this.render()
-    })
+    const wait = Math.max(0, this.lastRender + 250 - performance.now())
+    window.setTimeout(
+      () =>
+        requestAnimationFrame(() => {
+          this.pending = false
+          this.lastRender = performance.now()
+          this.render()
+        }),
+      wait,
+    )
   }
 
   private render(): void {

@@ -52,6 +52,7 @@ export class TrafficPanels {
   private readonly onlineSites: HTMLElement
   private readonly profBody: HTMLElement
   private drawn = false
+  private shownProfiles = ''
 
   constructor(
     private readonly node: NodeModel,
@@ -225,7 +226,11 @@ export class TrafficPanels {
 
   private renderProfiles(): void {
     if (this.missing(this.profiles, VIEWS.profiles)) return
-    const rows = [...this.node.sub('prof').values()].reverse().map((it) => {
+    const items = [...this.node.sub('prof').values()].reverse()
+    const sig = JSON.stringify(items)
+    if (sig === this.shownProfiles) return
+    this.shownProfiles = sig
+    const rows = items.map((it) => {
       const v = (it.value ?? {}) as Record<string, unknown>
       const cell = (x: unknown) => h('td', {}, x === undefined ? '–' : typeof x === 'string' ? x : JSON.stringify(x))
       return h('tr', {}, h('td', { class: 'mono' }, it.key), cell(v.country), cell(v.device), cell(v.url))
