@@ -1,5 +1,6 @@
 /**
- * The `crdts` suite: hot-path throughput, heap per key, join and encoding size of every type.
+ * The `crdts` suite: hot-path throughput, heap per key, join and encoding size of every type,
+ * and the cost of a peer's small delta joined into one large OR-set.
  *
  * Every contender of a figure runs over the same pre-generated key sequence, in the same
  * process, interleaved run by run (see timeSideBySide), so the ratios hold on noisy machines;
@@ -350,14 +351,15 @@ interface Sizes {
   /** Repetitions of the fast figures; Yjs and heap figures use SLOW_RUNS. */
   runs: number
   encodedSamples: number
+  quick: boolean
 }
 
 const SLOW_RUNS = 3
 
 function sizes(quick: boolean): Sizes {
   return quick
-    ? { keys: 10_000, ops: 100_000, otherKeys: 1_000, otherOps: 50_000, runs: 3, encodedSamples: 200 }
-    : { keys: 100_000, ops: 1_000_000, otherKeys: 10_000, otherOps: 500_000, runs: 7, encodedSamples: 2000 }
+    ? { keys: 10_000, ops: 100_000, otherKeys: 1_000, otherOps: 50_000, runs: 3, encodedSamples: 200, quick }
+    : { keys: 100_000, ops: 1_000_000, otherKeys: 10_000, otherOps: 500_000, runs: 7, encodedSamples: 2000, quick }
 }
 
 function counters(o: SuiteOptions, z: Sizes): void {
@@ -565,6 +567,55 @@ function joins(o: SuiteOptions, z: Sizes): void {
   }
 }
 
+/**
+ * Joining a peer's small deltas into a large OR-set (a demo `online` view of many members): per
+ * join, into a 100k-member set, against the same deltas into a 100-member set (the baseline, so
+ * the ratio says how much the set's size costs). The deltas are node-2's ops on its replica: a
+ * new member, a re-add of an existing one (superseding node-1's dot), the new member's removal.
+ * Each run joins them into a fresh copy of the set, made untimed, whose dot index is built
+ * untimed too: the steady state of a set that has joined before (the first join by lookups
+ * after a load or a full-state merge builds it, once).
+ */
+function orsetLargeSet(o: SuiteOptions, z: Sizes): void {
+  const { report } = o
+  const large = z.keys // 100k, 10k with --quick
+  const count = z.quick ? 1000 : 5000
+  const ctx2 = ctxOf('node-2')
+  const member = (i: number) => `user-${String(i).padStart(6, '0')}`
+  report.progress(`  orset: ${count} one-element deltas joined into a ${large}-member set vs a 100-member set`)
+  const prepared = [100, large].map((n) => {
+    const base = orset.empty()
+    orset.apply(base, orset.validate({ add: Array.from({ length: n }, (_, i) => member(i)) }), CTX1)
+    const peer = orset.clone(base)
+    const deltas: ORSetState[] = []
+    for (let i = 0; deltas.length < count; i++) {
+      deltas.push(orset.apply(peer, orset.validate({ add: `new-${i}` }), ctx2))
+      deltas.push(orset.apply(peer, orset.validate({ add: member((i * 7919) % n) }), ctx2))
+      deltas.push(orset.apply(peer, orset.validate({ remove: `new-${i}` }), ctx2))
+    }
+    let s = base
+    return {
+      name: String(n),
+      setup: () => {
+        s = orset.clone(base)
+        orset.join(s, orset.empty())
+      },
+      run: () => {
+        for (let i = 0; i < deltas.length; i++) orset.join(s, deltas[i] as ORSetState)
+        return s
+      },
+    }
+  })
+  const t = timeSideBySide(prepared, z.runs, (m) => report.progress(m))
+  const perJoin = (ms: readonly number[]) => ms.map((x) => (x * 1000) / count)
+  report.add(BENCH, {
+    figure: 'orset_join_small_delta_into_large_set',
+    samples: perJoin(t.get(String(large)) as number[]),
+    unit: `µs/join (CPU time; ${large / 1000}k-member set, 1-element deltas from a peer)`,
+    baseline: { name: 'orset_join_small_delta_into_small_set', samples: perJoin(t.get('100') as number[]) },
+  })
+}
+
 /** Encoded bytes of typical states; each run draws a fresh sample of states. */
 function encodedSizes(o: SuiteOptions, z: Sizes): void {
   const { report } = o
@@ -590,6 +641,7 @@ export const suite: Suite = {
     counters(o, z)
     otherHotPaths(o, z)
     joins(o, z)
+    orsetLargeSet(o, z)
     encodedSizes(o, z)
     keep(undefined)
   },
