@@ -132,16 +132,41 @@ export interface DurableDelta {
 
 function summarize(position: number, bytes: number, entries: ReadonlyArray<{ origin: string; seq: number }>): RecordSummary {
   const ranges = new Map<string, [number, number]>()
+  // A group commit's writes mostly share one origin: look it up only when it changes.
+  let origin: string | null = null
+  let r: [number, number] | undefined
   for (const e of entries) {
     if (e.origin === NO_ORIGIN) continue
-    const r = ranges.get(e.origin)
-    if (!r) ranges.set(e.origin, [e.seq, e.seq])
-    else {
-      if (e.seq < r[0]) r[0] = e.seq
-      if (e.seq > r[1]) r[1] = e.seq
+    if (e.origin !== origin) {
+      origin = e.origin
+      r = ranges.get(origin)
+      if (!r) {
+        ranges.set(origin, (r = [e.seq, e.seq]))
+        continue
+      }
     }
+    const x = r as [number, number]
+    if (e.seq < x[0]) x[0] = e.seq
+    if (e.seq > x[1]) x[1] = e.seq
   }
   return { position, bytes, ranges }
+}
+
+/** Adds the entries' (origin, seq) to a version vector, a run of consecutive sequences of one origin at a time. */
+function addAll(vv: VersionVector, entries: ReadonlyArray<{ origin: string; seq: number }>): void {
+  let origin = NO_ORIGIN
+  let start = 0
+  let end = 0
+  for (const e of entries) {
+    if (e.origin === origin && e.seq === end + 1) {
+      end = e.seq
+      continue
+    }
+    if (origin !== NO_ORIGIN) vv.addRange(origin, start, end)
+    origin = e.origin
+    start = end = e.seq
+  }
+  if (origin !== NO_ORIGIN) vv.addRange(origin, start, end)
 }
 
 interface Batch {
@@ -330,20 +355,23 @@ export class Storage {
         }
         let list = firsts.get(viewNo)
         if (!list) firsts.set(viewNo, (list = []))
-        list.push(first)
         const { type, states } = view
         let n = 0
+        // A page's range mostly starts at its first key: keep that string, not a second copy.
+        let bound = first
         try {
           readPage(v, (key, dec) => {
             const state = type.decode(dec)
             // A key can be in two pages after a crash during a split (see writePage): join them.
             const had = states.load(key, state)
             if (had !== undefined) type.join(had, state)
+            if (n === 0 && key === first) bound = key
             n++
           })
         } catch (err) {
           throw new StorageError('corrupt', `snapshot page ${view.name}/${JSON.stringify(first)} is corrupt (${(err as Error).message}); the data directory cannot be trusted`)
         }
+        list.push(bound)
         liveBytes += k.length + v.length
         report.snapshots += n
         report.pages++
@@ -395,8 +423,8 @@ export class Storage {
         this.logBytesSinceCompaction += v.length
         this.records.push(summarize(position, v.length, entries))
         this.retainedBytes += v.length
+        addAll(this.logged, entries)
         for (const e of entries) {
-          if (e.origin !== NO_ORIGIN) this.logged.add(e.origin, e.seq)
           const view = this.store.viewByNo(e.viewNo)
           if (!view) continue
           let delta: unknown
@@ -579,7 +607,7 @@ export class Storage {
         this.logBytesSinceCompaction += recordBytes
         this.records.push(summarize(this.position, recordBytes, b.entries))
         this.retainedBytes += recordBytes
-        for (const e of b.entries) if (e.origin !== NO_ORIGIN) this.logged.add(e.origin, e.seq)
+        addAll(this.logged, b.entries)
       }
       b.resolve()
       if (b.entries.length > 0 && this.durableListeners.size > 0) {

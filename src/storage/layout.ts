@@ -338,8 +338,8 @@ export function writePageEntry<S>(enc: encoding.Encoder, key: string, writeState
  * Calls `each` with every entry of a sealed page: the key, and a decoder positioned at the
  * state's first byte (the same decoder object every time: it must not be kept), and the offset
  * where the state ends. The state's decoder must read exactly the state's bytes (or set `pos`
- * to `end` to skip them). Throws LayoutError when the checksum or the
- * framing is wrong, or when a state was read short or long.
+ * to `end` to skip them). Throws LayoutError when the checksum or the framing is wrong, or
+ * when a state was read short or long.
  */
 export function readPage(value: Uint8Array, each: (key: string, state: decoding.Decoder, end: number) => void): void {
   const body = unseal(value)

@@ -104,9 +104,13 @@ describe('storage engine', () => {
       }
       await Promise.all(ws)
     }
-    await node.storage.compact()
-    expect(node.stats().storage.compactions).toBeGreaterThanOrEqual(2)
+    // Compaction started by itself under the load and finished at least once; how many times
+    // depends on how fast each one runs (slices, machine load), so no count beyond that is asserted.
+    expect(node.stats().storage.compactions).toBeGreaterThanOrEqual(1)
     expect(ackedWhileCompacting).toBeGreaterThan(0)
+    // The first call may join a compaction still running; the second folds in the rest.
+    await node.storage.compact()
+    await node.storage.compact()
     expect(worst.ratio, `worst: disk ${worst.disk} bytes for ${worst.live} live bytes`).toBeGreaterThan(0)
     expect(worst.ratio, `worst: disk ${worst.disk} bytes for ${worst.live} live bytes`).toBeLessThanOrEqual(2)
     const disk = await node.storage.diskBytes()
