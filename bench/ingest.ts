@@ -13,7 +13,12 @@
  *   process.cpuUsage() over IPC: CPU µs per event are the node process's user + system time
  *   over the run (compactions included) divided by the events.
  * - The node's client sends NDJSON bodies of ~1 MB (built before timing), 4 in flight on a
- *   keep-alive agent; a run ends when the last answer (durable) is in.
+ *   keep-alive agent (4 connections); a run ends when the last answer (durable) is in. The
+ *   client's own CPU time per event is reported on stderr: it must stay small next to the node's,
+ *   or the client would be what is measured.
+ * - The node child also reports its main thread's CPU time (from /proc, Linux): JavaScript runs
+ *   there, LevelDB's writes and compactions on threads of their own, so the main thread bounds
+ *   the events/s one node process can take; and ingest's writes after folding per event.
  * - Redis: its own `redis-server` on a free loopback port, `--save '' --appendonly yes
  *   --appendfsync everysec`: Redis write()s the AOF before it replies, so an acknowledged write is
  *   in the kernel's page cache, exactly what the node's acknowledgement means without --fsync;
@@ -23,13 +28,18 @@
  *   (a plain overwrite: Redis is spared the LWW-by-event-time check the node does, which errs in
  *   Redis's favour). The RESP bytes are built before timing (the keys are computed client-side:
  *   the node computes them itself from raw events, another difference in Redis's favour), sent
- *   over one connection in pipelined chunks of 1,000 events, 8 chunks in flight; a run ends when
- *   every reply is in. Redis CPU per event comes from /proc/PID/stat (Linux; 10 ms ticks).
+ *   with the same concurrency as the node's client (4 connections), each pipelining chunks of
+ *   1,000 events, 2 chunks in flight per connection (HTTP/1.1 cannot pipeline; Redis may); a
+ *   run ends when every reply is in. Redis CPU per event comes from /proc/PID/stat (Linux; 10 ms
+ *   ticks).
  * - No Redis client library: RESP is a few lines over node:net, so no dependency was added.
  * - If redis-server is missing, the full run tries `apt-get install -y redis-server`; the quick
  *   run does not, and then reports the node's figures alone (saying so on stderr).
  * - Every figure is the median of 3 runs after a discarded warm-up, node and Redis interleaved in
- *   rotating order, each run on a fresh data directory / fresh Redis.
+ *   rotating order, each run on a fresh data directory / fresh Redis. Within a run, each
+ *   contender first takes 40,000 other events (another seed) untimed, the same for both: a fresh
+ *   node process runs its first bodies in V8's interpreter while the JIT compiles (a cold
+ *   20,000-event run cost twice the CPU per event of a warm one), and a serving node is warm.
  */
 import http from 'node:http'
 import net from 'node:net'
@@ -41,6 +51,7 @@ import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { openNode } from '../src/node.js'
 import { startServer } from '../src/server/http.js'
+import { ingestStats } from '../src/ingest/ingest.js'
 import { now, type Suite, type SuiteOptions } from './report.js'
 import { generatePageviews, hourKey, type PageviewEvent } from './pageviews.js'
 
@@ -48,22 +59,27 @@ const BENCH = 'ingest'
 const SELF = fileURLToPath(import.meta.url)
 const VIEWS_FILE = fileURLToPath(new URL('../../bench/pageview-views.json', import.meta.url))
 const BODY_BYTES = 1024 * 1024
-const NODE_IN_FLIGHT = 4
+/** Concurrent clients, for the node (one request in flight each) and for Redis alike. */
+const CONNECTIONS = 4
 const REDIS_CHUNK = 1000
-const REDIS_IN_FLIGHT = 8
+/** Pipelined chunks in flight per Redis connection. */
+const REDIS_IN_FLIGHT = 2
 
 interface Sizes {
   events: number
+  /** Events each contender takes, untimed, before the timed ones (another seed, same shape). */
+  warmup: number
   runs: number
 }
 
-const sizes = (quick: boolean): Sizes => (quick ? { events: 20_000, runs: 3 } : { events: 200_000, runs: 3 })
+const sizes = (quick: boolean): Sizes => (quick ? { events: 30_000, warmup: 10_000, runs: 3 } : { events: 200_000, warmup: 40_000, runs: 3 })
 
 // ---------------------------------------------------------------------------------------------
 // The node child: `fork(ingest.js, ['serve', DIR])`
 
 type ChildCommand = { cmd: 'cpu' } | { cmd: 'stop' }
-type ChildMessage = { kind: 'ready'; port: number } | { kind: 'cpu'; us: number } | { kind: 'error'; message: string }
+/** cpu: the process's CPU µs (every thread), its main thread's, and ingest's totals so far. */
+type ChildMessage = { kind: 'ready'; port: number } | { kind: 'cpu'; us: number; mainUs: number; events: number; writes: number } | { kind: 'error'; message: string }
 
 async function serve(dir: string): Promise<void> {
   const send = (m: ChildMessage) => process.send?.(m)
@@ -74,7 +90,9 @@ async function serve(dir: string): Promise<void> {
   process.on('message', (m: ChildCommand) => {
     if (m.cmd === 'cpu') {
       const u = process.cpuUsage()
-      send({ kind: 'cpu', us: u.user + u.system })
+      const st = ingestStats(node)
+      // The main thread is the task whose id is the process id.
+      send({ kind: 'cpu', us: u.user + u.system, mainUs: procCpuUs(process.pid, process.pid), events: st.events, writes: st.writes })
     } else if (m.cmd === 'stop') {
       void server
         .close()
@@ -130,7 +148,7 @@ function track(proc: ChildProcess): Promise<number | null> {
 
 interface NodeChild {
   port: number
-  cpuUs(): Promise<number>
+  cpu(): Promise<Extract<ChildMessage, { kind: 'cpu' }>>
   stop(): Promise<void>
 }
 
@@ -150,12 +168,12 @@ async function startNodeChild(dir: string): Promise<NodeChild> {
   if (ready.kind !== 'ready') throw new Error(`node child: ${ready.kind === 'error' ? ready.message : ready.kind}`)
   return {
     port: ready.port,
-    async cpuUs() {
+    async cpu() {
       const p = next()
       proc.send({ cmd: 'cpu' } satisfies ChildCommand)
       const m = await p
       if (m.kind !== 'cpu') throw new Error('node child: unexpected answer')
-      return m.us
+      return m
     },
     async stop() {
       proc.send({ cmd: 'stop' } satisfies ChildCommand)
@@ -209,17 +227,35 @@ async function inFlight<T>(items: readonly T[], n: number, f: (x: T) => Promise<
   )
 }
 
-async function runNode(bodyList: readonly Buffer[], events: number): Promise<{ perS: number; cpuUsPerEvent: number }> {
+interface Run {
+  perS: number
+  cpuUsPerEvent: number
+  /** Node only: main-thread CPU µs per event, writes per event, the client's CPU µs per event. */
+  mainUsPerEvent?: number
+  writesPerEvent?: number
+  clientUsPerEvent?: number
+}
+
+async function runNode(warm: readonly Buffer[], bodyList: readonly Buffer[], events: number): Promise<Run> {
   const dir = await tempDir('node')
   const child = await startNodeChild(dir)
-  const agent = new http.Agent({ keepAlive: true, maxSockets: NODE_IN_FLIGHT })
+  const agent = new http.Agent({ keepAlive: true, maxSockets: CONNECTIONS })
   try {
-    const cpu0 = await child.cpuUs()
+    await inFlight(warm, CONNECTIONS, (b) => post(agent, child.port, b))
+    const c0 = await child.cpu()
+    const client0 = process.cpuUsage()
     const t0 = now()
-    await inFlight(bodyList, NODE_IN_FLIGHT, (b) => post(agent, child.port, b))
+    await inFlight(bodyList, CONNECTIONS, (b) => post(agent, child.port, b))
     const ms = now() - t0
-    const cpu1 = await child.cpuUs()
-    return { perS: events / (ms / 1000), cpuUsPerEvent: (cpu1 - cpu0) / events }
+    const client = process.cpuUsage(client0)
+    const c1 = await child.cpu()
+    return {
+      perS: events / (ms / 1000),
+      cpuUsPerEvent: (c1.us - c0.us) / events,
+      mainUsPerEvent: (c1.mainUs - c0.mainUs) / events,
+      writesPerEvent: (c1.writes - c0.writes) / (c1.events - c0.events),
+      clientUsPerEvent: (client.user + client.system) / events,
+    }
   } finally {
     agent.destroy()
     await child.stop()
@@ -381,10 +417,10 @@ async function startRedis(bin: string, dir: string): Promise<RedisServer> {
   }
 }
 
-/** CPU µs a process has used, from /proc (Linux); NaN elsewhere. */
-function procCpuUs(pid: number): number {
+/** CPU µs a process (or one of its threads) has used, from /proc (Linux); NaN elsewhere. */
+function procCpuUs(pid: number, tid?: number): number {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const stat = readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, 'utf8')
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after "(comm) state".
     return ((Number(fields[11]) + Number(fields[12])) * 1e6) / 100
@@ -393,25 +429,39 @@ function procCpuUs(pid: number): number {
   }
 }
 
-async function runRedis(bin: string, chunks: ReadonlyArray<{ bytes: Buffer; replies: number }>, events: number): Promise<{ perS: number; cpuUsPerEvent: number }> {
+type Chunk = { bytes: Buffer; replies: number }
+
+/** Sends the chunks over the connections, each taking the next chunk, REDIS_IN_FLIGHT written ahead of their replies. */
+async function pipeline(conns: readonly RespConn[], chunks: readonly Chunk[]): Promise<void> {
+  let next = 0
+  await Promise.all(
+    conns.map(async (conn) => {
+      const inflight: Promise<void>[] = []
+      while (next < chunks.length) {
+        const c = chunks[next++] as Chunk
+        inflight.push(conn.send(c.bytes, c.replies))
+        if (inflight.length >= REDIS_IN_FLIGHT) await inflight.shift()
+      }
+      await Promise.all(inflight)
+    }),
+  )
+}
+
+async function runRedis(bin: string, warm: readonly Chunk[], chunks: readonly Chunk[], events: number): Promise<Run> {
   const dir = await tempDir('redis')
   const server = await startRedis(bin, dir)
-  const conn = await RespConn.connect(server.port)
+  const conns: RespConn[] = []
   try {
+    for (let i = 0; i < CONNECTIONS; i++) conns.push(await RespConn.connect(server.port))
+    await pipeline(conns, warm)
     const cpu0 = procCpuUs(server.pid)
     const t0 = now()
-    // One connection, commands in order: up to REDIS_IN_FLIGHT chunks written ahead of the replies.
-    const inflight: Promise<void>[] = []
-    for (const c of chunks) {
-      inflight.push(conn.send(c.bytes, c.replies))
-      if (inflight.length >= REDIS_IN_FLIGHT) await inflight.shift()
-    }
-    await Promise.all(inflight)
+    await pipeline(conns, chunks)
     const ms = now() - t0
     const cpu1 = procCpuUs(server.pid)
     return { perS: events / (ms / 1000), cpuUsPerEvent: (cpu1 - cpu0) / events }
   } finally {
-    conn.close()
+    for (const conn of conns) conn.close()
     await server.stop()
     await removeDir(dir)
   }
@@ -426,21 +476,30 @@ async function run(o: SuiteOptions): Promise<void> {
   const hour = 3_600_000
   const start = Date.now() - 6 * hour - 60_000
   const events = generatePageviews({ seed: 7, events: z.events, start, durationMs: 6 * hour, urls: 2000, users: 100_000 })
+  const warmEvents = generatePageviews({ seed: 8, events: z.warmup, start, durationMs: 6 * hour, urls: 2000, users: 100_000 })
   const bodyList = bodies(events)
+  const warmBodies = bodies(warmEvents)
   let bin = redisBinary()
   if (bin === null && !o.quick) bin = installRedis(progress)
   if (bin === null) progress(`  redis-server is not installed${o.quick ? ' (the quick run does not install it)' : ' and could not be installed'}: reporting the node's figures without the Redis baseline`)
   const chunks = bin !== null ? redisChunks(events) : []
-  progress(`  ${z.events} events; node: ${bodyList.length} bodies of ~1 MB, ${NODE_IN_FLIGHT} in flight${bin ? `; redis: ${chunks.length} pipelined chunks of ${REDIS_CHUNK} events, ${REDIS_IN_FLIGHT} in flight (${bin})` : ''}`)
+  const warmChunks = bin !== null ? redisChunks(warmEvents) : []
+  progress(
+    `  ${z.events} events (after ${z.warmup} untimed), ${CONNECTIONS} connections each; node: ${bodyList.length} bodies of ~1 MB, one in flight per connection${bin ? `; redis: ${chunks.length} pipelined chunks of ${REDIS_CHUNK} events, ${REDIS_IN_FLIGHT} in flight per connection (${bin})` : ''}`,
+  )
 
-  const nodeRuns: Array<{ perS: number; cpuUsPerEvent: number }> = []
-  const redisRuns: Array<{ perS: number; cpuUsPerEvent: number }> = []
+  const nodeRuns: Run[] = []
+  const redisRuns: Run[] = []
   for (let r = -1; r < z.runs; r++) {
     const order = bin !== null && r % 2 !== 0 ? ['redis', 'node'] : ['node', 'redis']
     for (const who of order) {
       if (who === 'redis' && bin === null) continue
-      const res = who === 'node' ? await runNode(bodyList, z.events) : await runRedis(bin as string, chunks, z.events)
-      progress(`    ${r < 0 ? 'warm-up' : `run ${r + 1}/${z.runs}`} ${who}: ${Math.round(res.perS)} events/s, ${res.cpuUsPerEvent.toFixed(1)} CPU µs/event`)
+      const res = who === 'node' ? await runNode(warmBodies, bodyList, z.events) : await runRedis(bin as string, warmChunks, chunks, z.events)
+      const detail =
+        res.mainUsPerEvent === undefined
+          ? ''
+          : ` (main thread ${res.mainUsPerEvent.toFixed(1)}; ${(res.writesPerEvent as number).toFixed(2)} writes/event; client ${(res.clientUsPerEvent as number).toFixed(1)} CPU µs/event)`
+      progress(`    ${r < 0 ? 'warm-up' : `run ${r + 1}/${z.runs}`} ${who}: ${Math.round(res.perS)} events/s, ${res.cpuUsPerEvent.toFixed(1)} CPU µs/event${detail}`)
       if (r >= 0) (who === 'node' ? nodeRuns : redisRuns).push(res)
     }
   }
@@ -458,6 +517,16 @@ async function run(o: SuiteOptions): Promise<void> {
     unit: 'µs/event',
     ...(withRedis && redisCpu.every((x) => Number.isFinite(x) && x > 0) ? { baseline: { name: 'redis_cpu_us_per_event', samples: redisCpu } } : {}),
   })
+  const main = nodeRuns.map((x) => x.mainUsPerEvent as number)
+  if (main.every((x) => Number.isFinite(x))) {
+    o.report.add(BENCH, {
+      figure: 'ingest_main_thread_cpu_us_per_event',
+      samples: main,
+      unit: 'µs/event',
+      ...(withRedis && redisCpu.every((x) => Number.isFinite(x) && x > 0) ? { baseline: { name: 'redis_cpu_us_per_event', samples: redisCpu } } : {}),
+    })
+  }
+  o.report.add(BENCH, { figure: 'ingest_writes_per_event', samples: nodeRuns.map((x) => x.writesPerEvent as number), unit: 'writes/event' })
 }
 
 export const suite: Suite = { name: BENCH, run }

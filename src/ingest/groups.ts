@@ -9,9 +9,10 @@
  * The folded ops give every key the value the events applied one by one would give, and each
  * rule rejects exactly the events it would reject one by one (see `compileRule`):
  * - counters: one `inc` of the sum. A gcounter only grows, so the sum fits wherever every prefix
- *   fits; a pncounter's running sum is checked against the key's value before it is folded. An
- *   op the store refuses (a counter leaving the safe range) is replayed event by event, which
- *   refuses exactly the events that would have been refused;
+ *   fits; a pncounter's running sum (its highest and lowest point) is checked against the key's
+ *   value right before it is applied (combine.ts). An op the store refuses (a counter leaving the
+ *   safe range) is replayed event by event, which refuses exactly the events that would have
+ *   been refused;
  * - orset, hll: one `add` of the elements (a set or sketch of a union is the union). Elements the
  *   type would refuse (ill-formed UTF-16) are rejected per event before they join a group;
  * - lwwmap: per field, the value of the event with the latest time (the later one among equal
@@ -58,8 +59,6 @@ export type { Group }
 export interface DrainContext {
   /** Largest element count of one op (the store's `maxOpElements`). */
   maxElements: number
-  /** The current value of a key (pncounter checks its running sum against it). */
-  read(view: string, key: string): unknown
 }
 
 export interface Owner {
@@ -103,7 +102,6 @@ export class RuleGroups {
   /** Contributions since the last drain. */
   pending = 0
   private readonly kind: Kind
-  private readonly pn: boolean
   private readonly withAmounts: boolean
   private flat = new Map<string, Group>()
   private byBucket = new Map<number, Map<string, Group>>()
@@ -126,7 +124,6 @@ export class RuleGroups {
   ) {
     const t = reader.type
     this.kind = t === 'gcounter' || t === 'pncounter' ? Kind.Counter : t === 'lwwmap' ? Kind.Map : Kind.Set
-    this.pn = t === 'pncounter'
     this.withAmounts = reader.valueField !== undefined
     this.fields = reader.setFields
     this.badName = this.fields.map((f) => {
@@ -307,13 +304,8 @@ export class RuleGroups {
     const view = this.view
     switch (this.kind) {
       case Kind.Counter: {
-        let whole = Number.isSafeInteger(g.sum)
-        if (whole && this.pn) {
-          // One by one, an event is refused when the running value would leave the safe range;
-          // the sum may only be folded when no prefix of the events does.
-          const v = ctx.read(view, g.key)
-          whole = typeof v === 'number' && Number.isSafeInteger(v + g.hi) && Number.isSafeInteger(v + g.lo)
-        }
+        // A pncounter's sum is checked against the key's value where it is applied (combine.ts).
+        const whole = Number.isSafeInteger(g.sum)
         if (whole) out.push({ view, key: g.key, op: { inc: g.sum } })
         else for (const op of this.replay(g) as IngestOp[]) out.push({ view, key: g.key, op })
         return whole

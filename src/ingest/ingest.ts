@@ -4,8 +4,9 @@
  * `ingestNdjson` is the HTTP route's work. Pass 1 (ndjson.ts) checks every line as the body
  * arrives; while the body is within the memory bound, each event is folded into its groups
  * (groups.ts) at once, so nothing of it is kept but the groups. Once the whole body has passed,
- * the groups become writes, applied through `node.applyMany` (they share group commits), and the
- * answer comes once all of them are durable. A body past the memory bound goes to a temp file
+ * the groups become writes, handed to the node's combiner (combine.ts), which merges them with
+ * those of other requests finishing meanwhile and applies them through `node.applyMany` (they
+ * share group commits); the answer comes once all of them are durable. A body past the memory bound goes to a temp file
  * in pass 1 and is read back in pass 2, folded and applied a slice at a time. When the write
  * queue is full an ingest waits and retries: it slows down under load, it does not fail.
  *
@@ -15,10 +16,12 @@
  * node refuses every later write after a disk error anyway.
  */
 import type { Readable } from 'node:stream'
-import { NodeError, type SpeedNode, type Write } from '../node.js'
+import type { SpeedNode, Write } from '../node.js'
 import { isPlainObject } from '../../crdts/validate.js'
 import { RuleReader } from './rules.js'
 import { RuleGroups, type DrainContext, type Owner } from './groups.js'
+import { IngestCombiner } from './combine.js'
+import { ingestStats } from './stats.js'
 import { DEFAULT_MEMORY_BYTES, LineSplitter, parseLine, spoolNdjson } from './ndjson.js'
 
 export interface IngestResult {
@@ -28,34 +31,7 @@ export interface IngestResult {
   rejected: Record<string, number>
 }
 
-/** Totals since start, for /metrics and the dashboard. */
-export interface IngestStats {
-  /** Ingest requests answered 200. */
-  batches: number
-  /** Events accepted by those requests. */
-  events: number
-  /** Per view: events its rule rejected. */
-  rejected: Map<string, number>
-  /** Per view: events its rule turned into a write that was applied. */
-  applied: Map<string, number>
-  /** Ingest requests refused in pass 1: a bad or too long line, a body cut short. */
-  badBatches: number
-  /** Bodies that went to a temp file because they were larger than the memory bound. */
-  spooled: number
-  /** Body bytes read by ingest requests, refused ones included. */
-  bytes: number
-  /** Writes (folded ops) the accepted requests applied: `events / writes` is the folding factor. */
-  writes: number
-}
-
-const statsByNode = new WeakMap<SpeedNode, IngestStats>()
-
-/** The ingest totals of a node (created empty on first use). */
-export function ingestStats(node: SpeedNode): IngestStats {
-  let s = statsByNode.get(node)
-  if (!s) statsByNode.set(node, (s = { batches: 0, events: 0, rejected: new Map(), applied: new Map(), badBatches: 0, spooled: 0, bytes: 0, writes: 0 }))
-  return s
-}
+export { ingestStats, type IngestStats } from './stats.js'
 
 export interface IngestOptions {
   /** Longest line in bytes (--max-body). */
@@ -65,17 +41,18 @@ export interface IngestOptions {
   tmpDir?: string
 }
 
-/** Writes per `applyMany` call: large enough to batch, small enough not to hold the event loop long. */
-const CHUNK_WRITES = 4096
 /** Pass 2 (a spooled body): events folded before their writes are applied. */
 const SLICE_EVENTS = 65_536
-/** Chunks applied but not yet durable: lets group commit batch several while the next is applied. */
-const MAX_IN_FLIGHT = 16
-const MAX_BACKOFF_MS = 250
-/** An overload that lasts this long (a failed disk, or a queue that never drains) is answered 503 after all. */
-const OVERLOAD_GIVE_UP_MS = 30_000
+/** Slices submitted but not yet durable: the next is read and folded meanwhile. */
+const MAX_IN_FLIGHT = 4
 
-const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
+const combiners = new WeakMap<SpeedNode, IngestCombiner>()
+
+function combiner(node: SpeedNode): IngestCombiner {
+  let c = combiners.get(node)
+  if (!c) combiners.set(node, (c = new IngestCombiner(node)))
+  return c
+}
 
 /**
  * Applies the rules of the node's views to events: `add` folds one event into the groups of
@@ -88,8 +65,6 @@ export class IngestBatch {
   private now: number
   private readonly ctx: DrainContext
   accepted = 0
-  /** Writes applied (after folding). */
-  writes = 0
 
   constructor(private readonly node: SpeedNode) {
     const maxElements = node.store.limits.maxOpElements
@@ -98,7 +73,7 @@ export class IngestBatch {
       this.rules.push(new RuleGroups(v.name, new RuleReader(v.def as typeof v.def & { ingest: NonNullable<typeof v.def.ingest> }, { maxDriftMs: node.maxDriftMs }), maxElements))
     }
     this.now = node.now()
-    this.ctx = { maxElements, read: (view, key) => node.read(view, key).value }
+    this.ctx = { maxElements }
   }
 
   /** Takes one event; true when enough is folded that the caller should `flush`. */
@@ -119,60 +94,18 @@ export class IngestBatch {
     this.now = this.node.now()
   }
 
-  /** Applies what is folded (waiting while the node is overloaded). */
+  /** Hands what is folded to the node's combiner (see combine.ts); waits while too much of it is not yet durable. */
   async flush(): Promise<void> {
     const writes: Write[] = []
     const owners: Owner[] = []
     for (const r of this.rules) r.drain(this.ctx, writes, owners)
     this.tick()
-    await this.apply(writes, owners)
-  }
-
-  private async apply(writes: Write[], owners: Owner[]): Promise<void> {
-    const replay: Write[] = []
-    const replayOwners: Owner[] = []
-    const answered = new Set<NonNullable<Owner['group']>>()
-    for (let i = 0; i < writes.length; i += CHUNK_WRITES) {
-      const refused = await this.applyChunk(i === 0 && writes.length <= CHUNK_WRITES ? writes : writes.slice(i, i + CHUNK_WRITES))
-      for (const k of refused) {
-        const o = owners[i + k] as Owner
-        o.rule.refused(o.group, replay, replayOwners, answered)
-      }
-    }
-    this.writes += writes.length
-    // Replayed writes are single events: their refusals are counted, never replayed again.
-    if (replay.length > 0) await this.apply(replay, replayOwners)
-  }
-
-  /** Applies writes; returns the indexes the store refused. */
-  private async applyChunk(writes: Write[]): Promise<number[]> {
-    let backoff = 5
-    let since: number | null = null
-    let refused: number[]
-    for (;;) {
-      try {
-        const r = this.node.applyMany(writes)
-        refused = r.refused.map((x) => x.index)
-        this.inFlight.push(r.durable)
-        break
-      } catch (err) {
-        if (!(err instanceof NodeError) || err.code !== 'overload') throw err
-        // The node also says "overload" once its disk has failed, for good: do not wait forever.
-        since ??= performance.now()
-        if (performance.now() - since > OVERLOAD_GIVE_UP_MS) throw err
-        if (this.inFlight.length > 0) {
-          // Our own writes in flight are most of the queue: once they are down there is room.
-          const all = this.inFlight
-          this.inFlight = []
-          await Promise.all(all)
-        } else {
-          await delay(backoff)
-          backoff = Math.min(backoff * 2, MAX_BACKOFF_MS)
-        }
-      }
-    }
+    if (writes.length === 0) return
+    const durable = combiner(this.node).submit(writes, owners)
+    // Awaited below or in finish; a failure must not count as unhandled meanwhile.
+    durable.catch(() => {})
+    this.inFlight.push(durable)
     while (this.inFlight.length > MAX_IN_FLIGHT) await this.inFlight.shift()
-    return refused
   }
 
   async finish(): Promise<IngestResult> {
@@ -195,7 +128,6 @@ function record(node: SpeedNode, batch: IngestBatch, result: IngestResult): void
   const s = ingestStats(node)
   s.batches++
   s.events += result.accepted
-  s.writes += batch.writes
   for (const [view, n] of Object.entries(result.rejected)) s.rejected.set(view, (s.rejected.get(view) ?? 0) + n)
   for (const [view, n] of batch.applied()) s.applied.set(view, (s.applied.get(view) ?? 0) + n)
 }

@@ -131,6 +131,43 @@ describe('folded ingest', () => {
     )
   })
 
+  it('property: batches ingested at once (merged per key across requests, combine.ts) end as if ingested one after another', { timeout: 120_000 }, async () => {
+    let run = 0
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(defArb, { minLength: 1, maxLength: 4 }),
+        fc.array(fc.array(eventArb, { maxLength: 30 }), { minLength: 2, maxLength: 5 }),
+        fc.constantFrom(3, 10_000),
+        async (defs, batches, maxOpElements) => {
+          const views = Object.fromEntries(defs.map((d, i) => [`v${i}`, definition(d)]))
+          run++
+          const folded = await node(`c${run}`, views, maxOpElements)
+          const reference = await node(`c${run}`, views, maxOpElements)
+          const want: Array<Record<string, number>> = []
+          for (const events of batches) want.push(await oneByOne(reference, events))
+          const got = await Promise.all(batches.map((events) => ingestEvents(folded, events)))
+          expect(got).toEqual(batches.map((events, i) => ({ accepted: events.length, rejected: want[i] })))
+          expect(contents(folded)).toEqual(contents(reference))
+          await Promise.all([folded.close(), reference.close()])
+          open = []
+        },
+      ),
+      { numRuns: 200 },
+    )
+  })
+
+  it('requests that meet in a round are merged: one write per key and view for all of them', async () => {
+    const n = await node('m', { pv: { type: 'gcounter', ingest: { key: ['u'] } }, s: { type: 'orset', ingest: { key: ['site'], value: 'u' } }, p: { type: 'lwwmap', ingest: { key: ['site'], value: ['u'], time: 't' } } }, 10_000)
+    const batch = (k: number) => Array.from({ length: 100 }, (_, i) => ({ u: `/p${i % 10}`, site: 's', t: NOW - 1000 + k }))
+    // The first is applied at once; the next three wait for its commit and are applied as one.
+    const before = n.stats().writes
+    const r = await Promise.all([0, 1, 2, 3].map((k) => ingestEvents(n, batch(k))))
+    expect(r.every((x) => x.accepted === 100)).toBe(true)
+    expect(n.stats().writes - before).toBe(12 * 2)
+    expect(n.read('pv', '/p3').value).toBe(40)
+    expect(n.read('p', 's').value).toEqual({ u: '/p9' })
+  })
+
   it('a counter op the store refuses is replayed event by event: exactly the events that do not fit are rejected', async () => {
     const views = { c: { type: 'gcounter', ingest: { key: ['k'], value: 'n' } }, p: { type: 'pncounter', ingest: { key: ['k'], value: 'n' } } }
     const folded = await node('a', views, 10_000)
@@ -142,6 +179,14 @@ describe('folded ingest', () => {
     }
     expect(folded.read('c', 'x').value).toBe(MAX)
     expect(contents(folded)).toEqual(contents(reference))
+    // Requests that meet in one round (the first is applied alone, the next three together):
+    // their merged sum does not fit, so they go one at a time, and only the one that does not fit is refused.
+    const round = [[{ k: 'z', n: MAX - 10 }], [{ k: 'z', n: 5 }], [{ k: 'z', n: 3 }, { k: 'z', n: 3 }], [{ k: 'z', n: 4 }]]
+    const wants: Array<Record<string, number>> = []
+    for (const b of round) wants.push(await oneByOne(reference, b))
+    expect(wants.map((w) => w.c)).toEqual([0, 0, 1, 1])
+    expect(await Promise.all(round.map((b) => ingestEvents(folded, b)))).toEqual(round.map((b, i) => ({ accepted: b.length, rejected: wants[i] })))
+    expect(folded.read('c', 'z').value).toBe(MAX - 2)
     // pncounter: a running sum that leaves the range and comes back is not folded.
     const swing = [{ k: 'y', n: MAX }, { k: 'y', n: 1 }, { k: 'y', n: -2 }]
     const want = await oneByOne(reference, swing)
