@@ -598,7 +598,10 @@ export class Replicator {
       k.gap.merge(this.host.storage.logged)
       k.dirty = true
     } else if (k.acked.merge(vv)) k.dirty = true
-    if (k.gap && k.gap.isCoveredBy(k.acked)) k.gap = null
+    if (k.gap && k.gap.isCoveredBy(k.acked)) {
+      k.gap = null
+      k.dirty = true
+    }
     this.updateBehind(k)
     link.peerHas.merge(vv)
     this.pruneJournal()
