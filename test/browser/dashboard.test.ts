@@ -20,7 +20,7 @@ import { CLI, startCluster, startDemo, type Cluster } from './cluster.js'
  * Where the nodes come from: 'cluster' starts three `speedlayer start` processes, traffic and a
  * batch layer from this test; 'demo' runs `speedlayer demo`, which does all of that itself.
  */
-const SOURCE = 'cluster' as 'cluster' | 'demo'
+const SOURCE = 'demo' as 'cluster' | 'demo'
 
 const ROOT = path.resolve(path.dirname(CLI), '..', '..', '..')
 const SCREENSHOT = path.join(ROOT, 'docs', 'dashboard.png')

@@ -26,9 +26,9 @@ afterEach(() => e2e.cleanup())
 
 const CLIENTS = 8
 const MIN_KILLS = 5
-const MIN_ACKED = 10_000
+const MIN_ACKED = 4_000
 /** Stop adding rounds after this long, then assert (so a slow machine fails clearly, not by timeout). */
-const BUDGET_MS = 50_000
+const BUDGET_MS = 70_000
 const MAX_ROUNDS = 40
 
 const COUNTER_KEYS = 600
